@@ -1,0 +1,5 @@
+import sys
+
+from anomseg.cli import main
+
+sys.exit(main())

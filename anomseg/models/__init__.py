@@ -1,0 +1,1 @@
+"""Model architectures and the create_model registry."""

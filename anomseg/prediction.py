@@ -1,0 +1,72 @@
+"""The one output of one forward pass that every scorer reads.
+
+A ``Prediction`` holds tensors for a single image at the *scoring resolution* (the model input
+size, e.g. 512x1024). Scorers are pure functions ``Prediction -> float32 HxW``; they never run a
+model. Fields that a model does not produce are ``None``.
+
+Conventions (documented once, relied on everywhere):
+
+* ``logits``: (C, H, W) per-pixel class logits. For a pixel model (ERFNet) these are the raw
+  network outputs for all of its channels (ERFNet: 20 = 19 Cityscapes classes + void, as the
+  seed's evaluation used them). For a mask model (EoMT) they are the per-pixel class scores
+  ``einsum(sigmoid(mask_logits), softmax(class_logits)[..., :-1])`` (C = number of classes), the
+  quantity the EoMT reference treats as its semantic output.
+* ``pixel_class_logits``: (C, H, W) for a mask model, the per-pixel *raw* class logits
+  aggregated over queries, ``sum_q sigmoid(mask_logits_q) * class_logits_q[:C]`` (averaged over
+  sliding windows); RbA reads it. None for pixel models.
+* ``mask_logits``: (Q, h, w) mask logits of a mask model at the mask head's own resolution
+  (scorers upsample); kept only when inference used a single window, else None.
+* ``class_logits``: (Q, C + 1) class logits of a mask model, last column = "no object".
+* ``features``: (D, h, w) patch features of the last backbone block (feature-enriched head).
+* ``num_classes``: number of semantic classes used for mIoU (19 for Cityscapes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Prediction:
+    logits: torch.Tensor
+    num_classes: int = 19
+    pixel_class_logits: torch.Tensor | None = None
+    mask_logits: torch.Tensor | None = None
+    class_logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    model_name: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the scoring resolution."""
+        return int(self.logits.shape[-2]), int(self.logits.shape[-1])
+
+    def semantic(self) -> torch.Tensor:
+        """(H, W) int64 argmax over the first ``num_classes`` channels (for mIoU)."""
+        return self.logits[: self.num_classes].argmax(0)
+
+    def to(self, device: str | torch.device) -> Prediction:
+        def mv(t):
+            return None if t is None else t.to(device)
+
+        return Prediction(
+            logits=mv(self.logits),
+            num_classes=self.num_classes,
+            pixel_class_logits=mv(self.pixel_class_logits),
+            mask_logits=mv(self.mask_logits),
+            class_logits=mv(self.class_logits),
+            features=mv(self.features),
+            model_name=self.model_name,
+            meta=dict(self.meta),
+        )
+
+    def nbytes(self) -> int:
+        """Memory held by the tensors (for the size-bounded prediction cache)."""
+        total = 0
+        for t in (self.logits, self.pixel_class_logits, self.mask_logits, self.class_logits, self.features):
+            if t is not None:
+                total += t.element_size() * t.nelement()
+        return total

@@ -1,0 +1,1 @@
+"""Synthetic anomaly pastes: records, sources, placement, renderer, export."""
