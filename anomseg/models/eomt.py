@@ -1,0 +1,303 @@
+"""EoMT: Encoder-only Mask Transformer (Kerssies et al., CVPR 2025), after the official eomt.py.
+
+A plain DINOv2 ViT with registers (timm, patch 16) does all the work: learned queries are
+concatenated to the tokens before the last ``num_blocks`` blocks; in those blocks each query
+attends only to the patches inside the mask it predicted just before the block (masked
+attention); a class head and a mask head (MLP on queries · upscaled patch features) read the
+final tokens. Masked attention is annealed during training: block ``i`` applies the mask to each
+query with probability ``attn_mask_probs[i]`` (1: always, 0: never, i.e. the query attends
+everywhere), a buffer so that official checkpoints carry their final values.
+
+Parameter names match the official checkpoints (``network.`` stripped): ``encoder.backbone.*``,
+``encoder.pixel_mean/std``, ``q.weight``, ``class_head``, ``mask_head.{0,2,4}``,
+``upscale.{i}.conv1/conv2/norm``, ``attn_mask_probs``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+
+from anomseg.models.registry import check_rgb_batch, register_model
+
+
+class ScaleBlock(nn.Module):
+    """2x upscaling: transposed conv, GELU, depthwise 3x3 conv, LayerNorm2d."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+        self.norm = LayerNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv2(self.act(self.conv1(x))))
+
+
+class ViTEncoder(nn.Module):
+    """The timm ViT plus the ImageNet mean/std it expects (buffers, as in the checkpoints)."""
+
+    def __init__(
+        self, backbone: str, img_size: tuple[int, int], patch_size: int, **vit_kw: object
+    ) -> None:
+        super().__init__()
+        self.backbone = timm.create_model(
+            backbone,
+            pretrained=False,
+            img_size=tuple(img_size),
+            patch_size=patch_size,
+            num_classes=0,
+            **vit_kw,
+        )
+        cfg = self.backbone.pretrained_cfg
+        self.register_buffer("pixel_mean", torch.tensor(cfg["mean"]).reshape(1, -1, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(cfg["std"]).reshape(1, -1, 1, 1))
+
+
+class EoMT(nn.Module):
+    """EoMT for semantic segmentation; ``predict_batch`` slides windows over any aspect ratio."""
+
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        num_classes: int,
+        num_q: int,
+        num_blocks: int = 4,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_classes = num_classes
+        self.num_q = num_q
+        self.num_blocks = num_blocks
+        vit = encoder.backbone
+        self.img_size = tuple(int(s) for s in vit.patch_embed.img_size)
+        self.default_input_size = tuple(input_size) if input_size else self.img_size
+        self.register_buffer("attn_mask_probs", torch.ones(num_blocks))
+        dim = vit.embed_dim
+        self.q = nn.Embedding(num_q, dim)
+        self.class_head = nn.Linear(dim, num_classes + 1)
+        self.mask_head = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim)
+        )
+        # patch 16 -> two 2x blocks: masks at 1/4 of the input resolution
+        num_upscale = max(1, int(math.log2(max(vit.patch_embed.patch_size))) - 2)
+        self.upscale = nn.Sequential(*[ScaleBlock(dim) for _ in range(num_upscale)])
+
+    # --- the network -------------------------------------------------------------------------
+
+    @property
+    def _vit(self) -> nn.Module:
+        return self.encoder.backbone
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normed tokens [queries, prefix, patches] -> mask logits (B,Q,4h,4w), class logits."""
+        q = x[:, : self.num_q]
+        patches = x[:, self.num_q + self._vit.num_prefix_tokens :]
+        grid = patches.transpose(1, 2).reshape(x.shape[0], -1, *self._vit.patch_embed.grid_size)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_head(q), self.upscale(grid))
+        return mask_logits, self.class_head(q)
+
+    def _attn_mask(self, mask_logits: torch.Tensor, n_tokens: int, prob: float) -> torch.Tensor:
+        """Boolean mask (True = may attend): query -> patch only inside its predicted mask.
+
+        Each query keeps the mask with probability ``prob`` (annealing); a query that drops it
+        attends to every token. Queries, prefix and patch tokens attend to all tokens anyway.
+        """
+        b = mask_logits.shape[0]
+        mask = torch.ones(b, n_tokens, n_tokens, dtype=torch.bool, device=mask_logits.device)
+        inside = F.interpolate(mask_logits, self._vit.patch_embed.grid_size, mode="bilinear") > 0
+        start = self.num_q + self._vit.num_prefix_tokens
+        mask[:, : self.num_q, start:] = inside.flatten(2)
+        if prob < 1:
+            dropped = torch.rand(b, self.num_q, device=mask.device) > prob
+            mask[:, : self.num_q, start:][dropped] = True
+        return mask
+
+    @staticmethod
+    def _attn(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """timm's Attention forward with a boolean attention mask shared by all heads."""
+        b, n, _ = x.shape
+        qkv = module.qkv(x).reshape(b, n, 3, module.num_heads, module.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = module.q_norm(q), module.k_norm(k)
+        if mask is not None:
+            mask = mask[:, None]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x.transpose(1, 2).reshape(b, n, -1)
+        x = getattr(module, "norm", nn.Identity())(x)
+        return module.proj_drop(module.proj(x))
+
+    def _block(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """One pre-norm ViT block with our masked attention."""
+        x = x + block.drop_path1(block.ls1(self._attn(block.attn, block.norm1(x), mask)))
+        return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Windows (B,3,*img_size) RGB in [0,1] -> mask logits, class logits, patch features."""
+        vit = self._vit
+        x = (x - self.encoder.pixel_mean) / self.encoder.pixel_std
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        first = len(vit.blocks) - self.num_blocks
+        probs = self.attn_mask_probs.tolist()
+        for i, block in enumerate(vit.blocks):
+            mask = None
+            if i == first:
+                x = torch.cat((self.q.weight[None].expand(x.shape[0], -1, -1), x), dim=1)
+            if i >= first and probs[i - first] > 0:
+                # at probability 0 the mask would be all True: skip the intermediate prediction
+                # (only the final one is returned, so no deep supervision needs it either)
+                mask_logits, _ = self._predict(vit.norm(x))
+                mask = self._attn_mask(mask_logits, x.shape[1], probs[i - first])
+            x = self._block(block, x, mask)
+        x = vit.norm(x)
+        mask_logits, class_logits = self._predict(x)
+        patches = x[:, self.num_q + vit.num_prefix_tokens :]
+        feats = patches.transpose(1, 2).reshape(x.shape[0], -1, *vit.patch_embed.grid_size)
+        return mask_logits, class_logits, feats
+
+    # --- inference on any image size ---------------------------------------------------------
+
+    def windows(self, h: int, w: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+        """Scaled size (H', W') so the image just covers one window, and window origins.
+
+        Windows of ``img_size`` slide along the side that exceeds it, evenly spaced from 0 to
+        the end so that they cover the image with overlap (as EoMT evaluates Cityscapes).
+        """
+        wh, ww = self.img_size
+        s = max(wh / h, ww / w)
+        hs, ws = max(wh, round(h * s)), max(ww, round(w * s))
+
+        def starts(length: int, win: int) -> list[int]:
+            n = math.ceil(length / win)
+            return [0] if n == 1 else [round(i * (length - win) / (n - 1)) for i in range(n)]
+
+        return (hs, ws), [(t, l) for t in starts(hs, wh) for l in starts(ws, ww)]  # noqa: E741
+
+    @torch.no_grad()
+    def predict_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """RGB in [0, 1] (B, 3, H, W) -> logits, pixel_class_logits, features (+ masks if 1 window)."""
+        check_rgb_batch(x, getattr(self, "arch", "eomt"))
+        b, _, h, w = x.shape
+        (hs, ws), origins = self.windows(h, w)
+        wh, ww = self.img_size
+        xs = F.interpolate(x, (hs, ws), mode="bilinear") if (hs, ws) != (h, w) else x
+        crops = torch.cat([xs[..., t : t + wh, l : l + ww] for t, l in origins])  # noqa: E741
+        mask_logits, class_logits, feats = self(crops)
+        mask_logits, class_logits, feats = mask_logits.float(), class_logits.float(), feats.float()
+        with torch.autocast(x.device.type, enabled=False):  # aggregate in fp32, not bf16
+            return self._aggregate(x.shape, (hs, ws), origins, mask_logits, class_logits, feats)
+
+    def _aggregate(
+        self,
+        shape: torch.Size,
+        scaled: tuple[int, int],
+        origins: list[tuple[int, int]],
+        mask_logits: torch.Tensor,
+        class_logits: torch.Tensor,
+        feats: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Per-pixel scores per window, averaged where windows overlap, resized to (H, W)."""
+        b, _, h, w = shape
+        hs, ws = scaled
+        wh, ww = self.img_size
+        p = self._vit.patch_embed.patch_size[0]
+        c, d = self.num_classes, feats.shape[1]
+        logits = feats.new_zeros(b, c, hs, ws)
+        pcl = torch.zeros_like(logits)
+        count = feats.new_zeros(1, 1, hs, ws)
+        fh, fw = round(hs / p), round(ws / p)
+        feat = feats.new_zeros(b, d, fh, fw)
+        fcount = feats.new_zeros(1, 1, fh, fw)
+        for k, (t, l) in enumerate(origins):  # noqa: E741
+            sl = slice(k * b, (k + 1) * b)
+            m = F.interpolate(mask_logits[sl], (wh, ww), mode="bilinear").sigmoid()
+            cl = class_logits[sl]
+            logits[..., t : t + wh, l : l + ww] += torch.einsum(
+                "bqhw,bqc->bchw", m, cl.softmax(-1)[..., :-1]
+            )
+            pcl[..., t : t + wh, l : l + ww] += torch.einsum("bqhw,bqc->bchw", m, cl[..., :-1])
+            count[..., t : t + wh, l : l + ww] += 1
+            # features are stitched on the patch grid of the scaled image (origin rounded)
+            ft, fl = min(round(t / p), fh - wh // p), min(round(l / p), fw - ww // p)
+            feat[..., ft : ft + wh // p, fl : fl + ww // p] += feats[sl]
+            fcount[..., ft : ft + wh // p, fl : fl + ww // p] += 1
+        logits, pcl = logits / count, pcl / count
+        if (hs, ws) != (h, w):
+            logits = F.interpolate(logits, (h, w), mode="bilinear")
+            pcl = F.interpolate(pcl, (h, w), mode="bilinear")
+        out = {"logits": logits, "pixel_class_logits": pcl, "features": feat / fcount}
+        if len(origins) == 1:
+            out["mask_logits"] = mask_logits
+            out["class_logits"] = class_logits
+        return out
+
+
+def eomt(
+    backbone: str,
+    img_size: tuple[int, int],
+    num_classes: int,
+    num_q: int,
+    num_blocks: int = 4,
+    patch_size: int = 16,
+    input_size: tuple[int, int] | None = None,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+) -> EoMT:
+    """Build an EoMT on a timm DINOv2-with-registers ViT (optionally resized: dim/depth/heads)."""
+    vit_kw = {
+        k: v
+        for k, v in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads))
+        if v is not None
+    }
+    encoder = ViTEncoder(backbone, tuple(img_size), patch_size, **vit_kw)
+    return EoMT(encoder, num_classes, num_q, num_blocks, input_size=input_size)
+
+
+# settings of the official checkpoints (../shared/schemas/eomt_official_state_dicts.json)
+register_model(
+    "eomt_vit_large_1024",
+    "EoMT ViT-L/16 (DINOv2 reg4), Cityscapes semantic, 1024x1024 windows",
+    backbone="vit_large_patch14_reg4_dinov2",
+    img_size=(1024, 1024),
+    num_classes=19,
+    num_q=100,
+    input_size=(1024, 2048),
+)(eomt)
+register_model(
+    "eomt_vit_base_640",
+    "EoMT ViT-B/16 (DINOv2 reg4), Cityscapes semantic, 640x640 windows",
+    backbone="vit_base_patch14_reg4_dinov2",
+    img_size=(640, 640),
+    num_classes=19,
+    num_q=100,
+    input_size=(640, 1280),
+)(eomt)
+register_model(
+    "eomt_vit_small_640",
+    "EoMT ViT-S/16 (DINOv2 reg4), COCO panoptic classes (133), 640x640 windows",
+    backbone="vit_small_patch14_reg4_dinov2",
+    img_size=(640, 640),
+    num_classes=133,
+    num_q=200,
+    input_size=(640, 640),
+)(eomt)
+register_model(
+    "eomt_tiny",
+    "EoMT ViT-Tiny-sized (dim 192, 12 blocks, 3 heads), 19 classes, 256x512 windows (demo)",
+    backbone="vit_small_patch14_reg4_dinov2",
+    embed_dim=192,
+    depth=12,
+    num_heads=3,
+    img_size=(256, 512),
+    num_classes=19,
+    num_q=50,
+    input_size=(256, 512),
+)(eomt)

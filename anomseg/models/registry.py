@@ -1,0 +1,122 @@
+"""The model registry: ``create_model(name, checkpoint=None, **kw)``, timm style.
+
+A builder is registered with ``@register_model(name, **defaults)``; its default configuration is
+kept next to it and any keyword given to ``create_model`` overrides it. Every model returned
+follows one contract (``SegModel``): attributes ``arch``, ``num_classes``, ``default_input_size``
+and a ``predict_batch(x)`` that turns a float RGB batch in [0, 1] into a dict of tensors:
+
+* ``logits`` (B, C, H, W) at the input resolution (all model output channels; ERFNet: 20),
+* mask models only: ``pixel_class_logits`` (B, num_classes, H, W), ``features`` (B, D, h, w) and,
+  when a single window covered the image, ``mask_logits`` (B, Q, h4, w4), ``class_logits``
+  (B, Q, num_classes + 1).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from anomseg.errors import InputError
+from anomseg.registry import Registry
+
+# modules whose import registers the built-in architectures
+_BUILTIN_MODULES = ("anomseg.models.erfnet", "anomseg.models.eomt")
+
+
+class SegModel(Protocol):
+    """What every registered model offers to the Predictor."""
+
+    arch: str
+    num_classes: int
+    default_input_size: tuple[int, int]
+
+    def predict_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture: its builder and the default keyword arguments."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(name: str, description: str = "", **defaults: Any):
+    """Decorator registering ``builder(**defaults)`` under ``name``."""
+
+    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
+        MODELS.register(name, ModelEntry(name, builder, dict(defaults), doc))
+        return builder
+
+    return deco
+
+
+def _load_builtins() -> None:
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def list_models() -> list[str]:
+    """Names of the registered architectures, sorted."""
+    _load_builtins()
+    return MODELS.names()
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name`` (InputError naming the known ones if absent)."""
+    _load_builtins()
+    return MODELS.get(name)
+
+
+def _check_options(entry: ModelEntry, kw: dict[str, Any]) -> None:
+    params = inspect.signature(entry.builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kw) - set(params))
+    if unknown:
+        raise InputError(
+            f"model {entry.name!r} does not accept option(s) {', '.join(unknown)}; "
+            f"expected some of: {', '.join(sorted(params))}"
+        )
+
+
+def create_model(name: str, checkpoint: str | Path | None = None, **kw: Any) -> nn.Module:
+    """Build a registered model (eval mode), optionally loading a checkpoint strictly."""
+    entry = get_model_entry(name)
+    _check_options(entry, kw)
+    model = entry.builder(**{**entry.defaults, **kw})
+    model.arch = name
+    if checkpoint is not None:
+        from anomseg.models.checkpoints import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def count_parameters(name: str, **kw: Any) -> int:
+    """Parameter count of a registered model, built on the meta device (no memory used)."""
+    with torch.device("meta"):
+        model = create_model(name, **kw)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_rgb_batch(x: torch.Tensor, who: str) -> None:
+    """Raise InputError unless ``x`` is a float (B, 3, H, W) batch."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"{who}.predict_batch expects a (B, 3, H, W) RGB tensor, got {shape}")
+    if not x.is_floating_point():
+        raise InputError(f"{who}.predict_batch expects float RGB in [0, 1], got dtype {x.dtype}")
