@@ -15,9 +15,21 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to entries; ``register`` works as a decorator or a plain call."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        # modules whose import registers the built-in entries; imported on first lookup so that
+        # the registry's module never imports its implementations (no import cycles)
+        self._builtins = builtins
+        self._loaded = not builtins
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            import importlib
+
+            for mod in self._builtins:
+                importlib.import_module(mod)
 
     def register(self, name: str, entry: T | None = None):
         if entry is not None:
@@ -36,6 +48,7 @@ class Registry(Generic[T]):
         self._entries[name] = entry
 
     def get(self, name: str) -> T:
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -45,15 +58,19 @@ class Registry(Generic[T]):
             raise InputError(f"unknown {self.kind} {name!r}; expected one of: {known}") from None
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
+        self._load()
         return iter(sorted(self._entries))
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
+        self._load()
         return sorted(self._entries.items())
 
 

@@ -62,5 +62,9 @@ class BackgroundSource(Protocol):
 
 
 # name -> builder(**config) returning an ObjectSource / BackgroundSource.
-OBJECT_SOURCES: Registry = Registry("object source")
-BACKGROUND_SOURCES: Registry = Registry("background source")
+OBJECT_SOURCES: Registry = Registry(
+    "object source", builtins=("anomseg.synth.coco", "anomseg.world.objects")
+)
+BACKGROUND_SOURCES: Registry = Registry(
+    "background source", builtins=("anomseg.synth.cityscapes", "anomseg.world.scenes")
+)
