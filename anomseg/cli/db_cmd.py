@@ -1,0 +1,68 @@
+"""``anomseg db``: upgrade / current / backup / restore / export / import the store."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sub-commands of ``anomseg db``."""
+    where = argparse.ArgumentParser(add_help=False)
+    g = where.add_mutually_exclusive_group()
+    g.add_argument("--workspace", help="workspace folder holding anomseg.sqlite")
+    g.add_argument("--url", help="database URL (sqlite:///... or postgresql+psycopg2://...)")
+    sub = parser.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    sub.add_parser("upgrade", parents=[where], help="create / upgrade the schema to the newest")
+    sub.add_parser("current", parents=[where], help="print the schema revision")
+    p = sub.add_parser("backup", parents=[where], help="online backup of a SQLite store")
+    p.add_argument("out", help="backup file to write (or a folder for a dated file)")
+    p = sub.add_parser("restore", parents=[where], help="replace the store with a backup")
+    p.add_argument("src", metavar="IN", help="backup file")
+    p = sub.add_parser("export", parents=[where], help="flags + paste records to JSON/PNG")
+    p.add_argument("dir", help="new or empty folder")
+    p = sub.add_parser("import", parents=[where], help="import an export folder")
+    p.add_argument("dir", help="folder written by 'anomseg db export'")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one ``anomseg db`` action."""
+    from db import migrate, transfer
+    from db.engine import Store, resolve_url, sqlite_path
+
+    url = resolve_url(args.url, args.workspace)
+    action = args.db_command
+    if action == "current":
+        path = sqlite_path(url)
+        if path is not None and not path.is_file():
+            print(f"(no database at {path}; 'anomseg db upgrade' creates it)")
+            return 0
+        with Store(url) as store:
+            rev = migrate.current(store)
+        head = migrate.head_revision()
+        print(f"{rev or '(empty)'}{' (head)' if rev == head else f' (head is {head})'}")
+        return 0
+    # everything else may create the database; upgrade first so old stores keep working
+    path = sqlite_path(url)
+    if path is not None and action in ("upgrade", "import"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with Store(url) as store:
+        if action == "upgrade":
+            before = migrate.current(store)
+            after = migrate.upgrade(store)
+            print(f"upgraded {before or '(empty)'} -> {after}")
+        elif action == "backup":
+            print(f"backup written to {transfer.backup(store, args.out)}")
+        elif action == "restore":
+            safety = transfer.restore(store, args.src)
+            if safety is not None:
+                print(f"previous database kept as {safety}")
+            print(f"restored {args.src} (schema {migrate.current(store)})")
+        elif action == "export":
+            migrate.upgrade(store)
+            counts = transfer.export_dir(store, args.dir)
+            print(f"exported to {args.dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        elif action == "import":
+            migrate.upgrade(store)
+            counts = transfer.import_dir(store, args.dir)
+            print(f"imported {args.dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0

@@ -1,0 +1,257 @@
+"""Datasets, images and models: registration, look-up, and the training-split guard."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from anomseg.errors import DatasetError, InputError
+from db.models import DATASET_ROLES, EVAL_ROLES, Dataset, Image, Model
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return h.hexdigest()
+
+
+def _check_role(role: str) -> None:
+    if role not in DATASET_ROLES:
+        raise InputError(f"dataset role {role!r} is unknown; expected one of {DATASET_ROLES}")
+
+
+def register_dataset(
+    session: Session,
+    name: str,
+    role: str,
+    root: str | os.PathLike,
+    layout: str = "",
+    label_remap: Mapping[str, Any] | None = None,
+    *,
+    check_root: bool = True,
+) -> Dataset:
+    """Create a dataset, or return the existing one of that name if it matches.
+
+    Changing the role of an existing dataset is refused: a benchmark silently turned into
+    training data would poison every leaderboard row.
+    """
+    _check_role(role)
+    if not name or len(name) > 200:
+        raise InputError(f"dataset name {name!r} must be 1..200 characters")
+    root_path = Path(root).expanduser()
+    if check_root:
+        if not root_path.is_dir():
+            raise DatasetError(f"dataset {name!r}: root {root_path} is not a directory")
+        root_path = root_path.resolve()
+    existing = session.scalar(select(Dataset).where(Dataset.name == name))
+    if existing is not None:
+        if existing.role != role:
+            raise InputError(
+                f"dataset {name!r} is already registered with role {existing.role!r}; "
+                f"refusing to change it to {role!r}"
+            )
+        existing.root = str(root_path)
+        existing.layout = layout or existing.layout
+        if label_remap is not None:
+            existing.label_remap = dict(label_remap)
+        return existing
+    ds = Dataset(name=name, role=role, root=str(root_path), layout=layout)
+    ds.label_remap = dict(label_remap) if label_remap is not None else None
+    session.add(ds)
+    session.flush()
+    return ds
+
+
+def get_dataset(session: Session, name_or_id: str | int) -> Dataset:
+    """A dataset by name or id; InputError listing the known names otherwise."""
+    if isinstance(name_or_id, int):
+        ds = session.get(Dataset, name_or_id)
+    else:
+        ds = session.scalar(select(Dataset).where(Dataset.name == name_or_id))
+    if ds is None:
+        known = ", ".join(session.scalars(select(Dataset.name).order_by(Dataset.name))) or "(none)"
+        raise InputError(f"dataset {name_or_id!r} is not registered; known: {known}")
+    return ds
+
+
+def list_datasets(session: Session, role: str | None = None) -> list[Dataset]:
+    """Datasets, optionally of one role, by name."""
+    q = select(Dataset).order_by(Dataset.name)
+    if role is not None:
+        _check_role(role)
+        q = q.where(Dataset.role == role)
+    return list(session.scalars(q))
+
+
+def relative_image_path(dataset: Dataset, path: str | os.PathLike) -> str:
+    """``path`` as a POSIX path relative to the dataset root; refuses anything outside it."""
+    p = Path(path)
+    root = Path(dataset.root)
+    if p.is_absolute():
+        try:
+            rel = p.resolve().relative_to(root.resolve())
+        except ValueError:
+            raise InputError(f"image {p} is outside dataset {dataset.name!r} root {root}") from None
+        rel_s = rel.as_posix()
+    else:
+        rel_s = PurePosixPath(p.as_posix()).as_posix()
+    parts = PurePosixPath(rel_s).parts
+    if not parts or ".." in parts or rel_s.startswith("/"):
+        raise InputError(f"image path {str(path)!r} escapes dataset {dataset.name!r} root")
+    return rel_s
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) read from the file header."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as im:
+            return int(im.width), int(im.height)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable image ({exc})") from None
+
+
+def add_image(
+    session: Session, dataset: Dataset, path: str, sha256: str, width: int, height: int
+) -> Image:
+    """Insert or update an image row without touching the file (imports, generated data)."""
+    rel = relative_image_path(dataset, path)
+    if width <= 0 or height <= 0:
+        raise InputError(f"image {rel!r}: size {width}x{height} must be positive")
+    img = session.scalar(select(Image).where(Image.dataset_id == dataset.id, Image.path == rel))
+    if img is None:
+        img = Image(dataset_id=dataset.id, path=rel, sha256=sha256, width=width, height=height)
+        session.add(img)
+    else:
+        img.sha256, img.width, img.height = sha256, width, height
+    session.flush()
+    return img
+
+
+def register_images(
+    session: Session, dataset: Dataset, paths: Iterable[str | os.PathLike]
+) -> list[Image]:
+    """Register image files of a dataset (hashing them and reading their size)."""
+    out = []
+    root = Path(dataset.root)
+    for p in paths:
+        rel = relative_image_path(dataset, p)
+        full = root / rel
+        if not full.is_file():
+            raise DatasetError(f"dataset {dataset.name!r}: image {full} does not exist")
+        w, h = image_size(full)
+        out.append(add_image(session, dataset, rel, sha256_file(full), w, h))
+    return out
+
+
+def get_image(session: Session, dataset: Dataset | str | int, path: str) -> Image:
+    """An image by dataset and relative path."""
+    ds = dataset if isinstance(dataset, Dataset) else get_dataset(session, dataset)
+    rel = relative_image_path(ds, path)
+    img = session.scalar(select(Image).where(Image.dataset_id == ds.id, Image.path == rel))
+    if img is None:
+        raise InputError(f"image {rel!r} is not registered in dataset {ds.name!r}")
+    return img
+
+
+def list_images(session: Session, dataset: Dataset | str | int) -> list[Image]:
+    """Images of a dataset, by path."""
+    ds = dataset if isinstance(dataset, Dataset) else get_dataset(session, dataset)
+    return list(
+        session.scalars(select(Image).where(Image.dataset_id == ds.id).order_by(Image.path))
+    )
+
+
+def register_model(
+    session: Session,
+    name: str,
+    architecture: str,
+    checkpoint_path: str | os.PathLike | None = None,
+    *,
+    input_size: tuple[int, int] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    sha256: str | None = None,
+) -> Model:
+    """Create or update a model entry; the checkpoint is hashed unless ``sha256`` is given."""
+    if not name or len(name) > 200:
+        raise InputError(f"model name {name!r} must be 1..200 characters")
+    ckpt = None
+    if checkpoint_path is not None:
+        ckpt = str(Path(checkpoint_path).expanduser())
+        if sha256 is None:
+            if not Path(ckpt).is_file():
+                raise InputError(f"model {name!r}: checkpoint {ckpt} does not exist")
+            sha256 = sha256_file(ckpt)
+    if input_size is not None and (len(input_size) != 2 or min(input_size) <= 0):
+        raise InputError(f"model {name!r}: input size {input_size} must be (height, width) > 0")
+    m = session.scalar(select(Model).where(Model.name == name))
+    if m is None:
+        m = Model(name=name, architecture=architecture)
+        session.add(m)
+    m.architecture = architecture
+    m.checkpoint_path, m.checkpoint_sha256 = ckpt, sha256
+    m.input_h, m.input_w = (int(input_size[0]), int(input_size[1])) if input_size else (None, None)
+    if meta is not None:
+        m.meta = dict(meta)
+    session.flush()
+    return m
+
+
+def get_model(session: Session, name_or_id: str | int) -> Model:
+    """A model by name or id; InputError listing the known names otherwise."""
+    if isinstance(name_or_id, int):
+        m = session.get(Model, name_or_id)
+    else:
+        m = session.scalar(select(Model).where(Model.name == name_or_id))
+    if m is None:
+        known = ", ".join(session.scalars(select(Model.name).order_by(Model.name))) or "(none)"
+        raise InputError(f"model {name_or_id!r} is not registered; known: {known}")
+    return m
+
+
+def list_models(session: Session) -> list[Model]:
+    """All models by name."""
+    return list(session.scalars(select(Model).order_by(Model.name)))
+
+
+def training_images_allowed(session: Session, image_ids: Iterable[int]) -> list[int]:
+    """Return ``image_ids`` if none belongs to an eval / heldout dataset; else InputError.
+
+    The trainer calls this on every image it is about to use: a leaderboard that trains on its
+    own test set is worthless.
+    """
+    ids = sorted(set(int(i) for i in image_ids))
+    if not ids:
+        return []
+    rows = session.execute(
+        select(Image.id, Image.path, Dataset.name, Dataset.role)
+        .join(Dataset, Image.dataset_id == Dataset.id)
+        .where(Image.id.in_(ids))
+    ).all()
+    found = {r.id for r in rows}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise InputError(f"training images not registered: ids {missing[:10]}")
+    refused = [r for r in rows if r.role in EVAL_ROLES]
+    if refused:
+        names = ", ".join(f"{r.name}/{r.path}" for r in refused[:5])
+        more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+        raise InputError(
+            f"{len(refused)} image(s) belong to evaluation datasets and cannot be used for "
+            f"training: {names}{more}"
+        )
+    return ids
