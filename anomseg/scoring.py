@@ -1,0 +1,425 @@
+"""Post-hoc anomaly scorers: pure functions ``Prediction -> float32 (H, W)``, higher = more anomalous.
+
+Every scorer is a ``ScorerSpec`` in the ``SCORERS`` registry, which also describes its parameters
+(name, default, range) and the ``Prediction`` fields it needs, so the CLI and the app list them
+without knowing any scorer. Adding a method is one function plus one ``_register`` call.
+
+What ``logits`` are (see ``anomseg.prediction``): for a pixel model (ERFNet) the raw outputs of all
+its channels (20 = 19 classes + void, as the seed scored them); for a mask model (EoMT) the
+per-pixel class scores ``einsum(sigmoid(mask_logits), softmax(class_logits)[..., :-1])``. The
+softmax-based scorers (msp, entropy) and the logit-based ones (maxlogit, energy) read ``logits``
+as they are, for both kinds of model, as the seed did.
+
+The four uncertainty statistics (``stat_*``, ``uncertainty_stats``) follow the seed report §3.4.1:
+they are read off "the dense semantic map M, which fuses mask probabilities with class
+distributions", i.e. for a mask model the class scores *themselves* are the probabilities (no
+softmax: their sum is not 1 and is exactly the "sum of class probabilities" statistic); for a
+pixel model the probabilities are ``softmax(logits)`` (sum 1). ``class_probabilities`` is that
+rule. Entropy there is ``-sum p log p`` (not normalised), as in the report.
+
+Dynamic scorers: learned heads arrive later as ``head:<version>``. A *family* is a name prefix
+with a resolver ``suffix -> ScorerSpec`` (and optionally a lister of the names it has now),
+registered with ``register_family("head", resolve, names)``; ``get_scorer``, ``score`` and
+``list_scorers`` consult families after the static registry. ``score(..., extra={name: spec})``
+adds one-off scorers for a single call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomseg.errors import InputError
+from anomseg.prediction import Prediction
+from anomseg.registry import Registry
+
+PREDICTION_FIELDS = ("logits", "pixel_class_logits", "mask_logits", "class_logits", "features")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A numeric scorer parameter; ``min``/``max`` are inclusive bounds."""
+
+    name: str
+    default: float
+    min: float
+    max: float
+    step: float = 0.01
+    help: str = ""
+
+    def check(self, value: Any, scorer: str) -> float:
+        """The value cast to the default's type, or InputError naming the allowed range."""
+        try:
+            v = type(self.default)(value)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{scorer}: parameter {self.name}={value!r} is not a number; "
+                f"expected a value in [{self.min:g}, {self.max:g}]"
+            ) from None
+        if not (math.isfinite(v) and self.min <= v <= self.max):
+            raise InputError(
+                f"{scorer}: parameter {self.name}={value!r} is out of range; "
+                f"expected a value in [{self.min:g}, {self.max:g}]"
+            )
+        return v
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """A scorer and what the CLI / app need to know about it."""
+
+    name: str
+    fn: Callable[..., np.ndarray]
+    params: tuple[Param, ...] = ()
+    label: str = ""
+    needs: frozenset[str] = frozenset({"logits"})
+    description: str = ""
+    # True for a statistic where HIGH means normal (stat_max_prob): metrics rank it the wrong way
+    inverted: bool = False
+    meta: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def param(self, name: str) -> Param:
+        """The parameter called ``name`` or InputError listing the known ones."""
+        for p in self.params:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.params) or "none"
+        raise InputError(f"{self.name}: unknown parameter {name!r}; known parameters: {known}")
+
+    def resolve_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Validated params with defaults filled in."""
+        out = {p.name: p.default for p in self.params}
+        for k, v in params.items():
+            out[k] = self.param(k).check(v, self.name)
+        return out
+
+    def applicable(self, prediction: Prediction) -> bool:
+        """Whether the prediction holds every field this scorer reads."""
+        return all(getattr(prediction, f, None) is not None for f in self.needs)
+
+
+@dataclass(frozen=True)
+class ScorerFamily:
+    """Scorers named ``<prefix>:<suffix>`` supplied at run time (e.g. ``head:v3``)."""
+
+    prefix: str
+    resolve: Callable[[str], ScorerSpec]
+    names: Callable[[], list[str]] | None = None  # the suffixes available now, e.g. ["v1"]
+
+
+SCORERS: Registry[ScorerSpec] = Registry("scorer")
+FAMILIES: Registry[ScorerFamily] = Registry("scorer family")
+
+
+def _register(spec: ScorerSpec) -> ScorerSpec:
+    SCORERS.register(spec.name, spec)
+    return spec
+
+
+def register_family(
+    prefix: str,
+    resolve: Callable[[str], ScorerSpec],
+    names: Callable[[], list[str]] | None = None,
+) -> ScorerFamily:
+    """Register a family of dynamic scorers ``prefix:<suffix>`` (e.g. learned heads)."""
+    fam = ScorerFamily(prefix, resolve, names)
+    FAMILIES.register(prefix, fam)
+    return fam
+
+
+# ----------------------------------------------------------------------------- tensor math
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().float()
+
+
+def _out(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def is_mask_model(prediction: Prediction) -> bool:
+    """A mask model's prediction carries per-pixel class logits aggregated over queries."""
+    return prediction.pixel_class_logits is not None or prediction.class_logits is not None
+
+
+def class_probabilities(prediction: Prediction) -> torch.Tensor:
+    """(C, H, W) probabilities the statistics read: class scores (mask) or softmax (pixel)."""
+    logits = _f32(prediction.logits)
+    if is_mask_model(prediction):
+        return logits.clamp_min(0.0)  # already sigmoid x softmax products, >= 0
+    return torch.softmax(logits, dim=0)
+
+
+def msp_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """1 - max softmax(logits / T) over channels (dim 0)."""
+    return 1.0 - torch.softmax(_f32(logits) / T, dim=0).amax(0)
+
+
+def maxlogit_t(logits: torch.Tensor) -> torch.Tensor:
+    """-max logit over channels."""
+    return -_f32(logits).amax(0)
+
+
+def entropy_t(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over channels, divided by log C (in [0, 1])."""
+    logp = torch.log_softmax(_f32(logits), dim=0)
+    h = -(logp.exp() * logp).sum(0)
+    return h / math.log(logits.shape[0])
+
+
+def energy_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """Free energy -T * logsumexp(logits / T) over channels."""
+    return -T * torch.logsumexp(_f32(logits) / T, dim=0)
+
+
+def rba_t(pixel_class_logits: torch.Tensor) -> torch.Tensor:
+    """RbA: -sum_k tanh(s_k) over the per-pixel class logits s."""
+    return -torch.tanh(_f32(pixel_class_logits)).sum(0)
+
+
+def uncertainty_stats(prediction: Prediction) -> torch.Tensor:
+    """(4, H, W) float32 [max prob, entropy, sum of probs, 1 - max prob] for the anomaly heads."""
+    p = class_probabilities(prediction)
+    pmax = p.amax(0)
+    ent = -torch.special.xlogy(p, p).sum(0)  # 0 log 0 = 0: class scores can be exactly 0
+    return torch.stack([pmax, ent, p.sum(0), 1.0 - pmax])
+
+
+# ----------------------------------------------------------------------------- registered scorers
+
+_T_HELP = "softmax temperature: logits are divided by T"
+
+
+def _param_t(help_: str = _T_HELP) -> Param:
+    return Param("T", 1.0, 0.01, 100.0, 0.01, help_)
+
+
+def msp(prediction: Prediction, T: float = 1.0) -> np.ndarray:
+    """Maximum softmax probability (Hendrycks & Gimpel, 2017): 1 - max_k softmax(z / T)_k."""
+    return _out(msp_t(prediction.logits, T))
+
+
+def maxlogit(prediction: Prediction) -> np.ndarray:
+    """Max logit (Hendrycks et al., 2022): -max_k z_k."""
+    return _out(maxlogit_t(prediction.logits))
+
+
+def entropy(prediction: Prediction) -> np.ndarray:
+    """Max entropy: H(softmax(z)) / log C."""
+    return _out(entropy_t(prediction.logits))
+
+
+def energy(prediction: Prediction, T: float = 1.0) -> np.ndarray:
+    """Energy score (Liu et al., NeurIPS 2020): -T * logsumexp(z / T)."""
+    return _out(energy_t(prediction.logits, T))
+
+
+def rba(prediction: Prediction) -> np.ndarray:
+    """Rejected by All (RbA; Nayal et al., ICCV 2023): -sum_k tanh(s_k).
+
+    ``s_k = sum_q sigmoid(m_q) * c_{q,k}`` is the per-pixel class logit of class k aggregated over
+    the queries q (mask logits m, raw class logits c without the no-object column), i.e.
+    ``Prediction.pixel_class_logits``. Each class "accepts" a pixel when tanh(s_k) is near 1; a
+    pixel that every class rejects scores high. Mask models only.
+    """
+    return _out(rba_t(prediction.pixel_class_logits))
+
+
+def stat_max_prob(prediction: Prediction) -> np.ndarray:
+    """Max class probability (a statistic of the heads; INVERTED: high = normal)."""
+    return _out(class_probabilities(prediction).amax(0))
+
+
+def stat_entropy(prediction: Prediction) -> np.ndarray:
+    """-sum_k p_k log p_k of the class probabilities (not normalised; the heads' statistic)."""
+    p = class_probabilities(prediction)
+    return _out(-torch.special.xlogy(p, p).sum(0))
+
+
+def stat_sum_prob(prediction: Prediction) -> np.ndarray:
+    """Sum of class probabilities ("energy proxy"; 1 everywhere for a pixel model's softmax)."""
+    return _out(class_probabilities(prediction).sum(0))
+
+
+def stat_one_minus_max(prediction: Prediction) -> np.ndarray:
+    """1 - max class probability (for a pixel model this is msp at T = 1)."""
+    return _out(1.0 - class_probabilities(prediction).amax(0))
+
+
+_STATS_NOTE = "[p: softmax for pixel models, class scores for mask models]"
+
+for _spec in (
+    ScorerSpec(
+        "msp",
+        msp,
+        (_param_t(),),
+        "MSP",
+        description="1 - max softmax(logits / T) (maximum softmax probability)",
+    ),
+    ScorerSpec("maxlogit", maxlogit, (), "MaxLogit", description="-max logit"),
+    ScorerSpec(
+        "entropy", entropy, (), "MaxEntropy", description="entropy of softmax(logits) / log C"
+    ),
+    ScorerSpec(
+        "energy",
+        energy,
+        (_param_t("energy temperature"),),
+        "Energy",
+        description="-T * logsumexp(logits / T)",
+    ),
+    ScorerSpec(
+        "rba",
+        rba,
+        (),
+        "RbA",
+        frozenset({"pixel_class_logits"}),
+        "-sum_k tanh(per-pixel class logit_k); mask models only (Nayal et al., ICCV 2023)",
+    ),
+    ScorerSpec(
+        "stat_max_prob",
+        stat_max_prob,
+        (),
+        "Stat: max prob",
+        description="max p; INVERTED (high = normal) " + _STATS_NOTE,
+        inverted=True,
+    ),
+    ScorerSpec(
+        "stat_entropy",
+        stat_entropy,
+        (),
+        "Stat: entropy",
+        description="-sum p log p " + _STATS_NOTE,
+    ),
+    ScorerSpec(
+        "stat_sum_prob",
+        stat_sum_prob,
+        (),
+        "Stat: sum of probs",
+        description="sum of p (1 for pixel models) " + _STATS_NOTE,
+    ),
+    ScorerSpec(
+        "stat_one_minus_max",
+        stat_one_minus_max,
+        (),
+        "Stat: 1 - max prob",
+        description="1 - max p " + _STATS_NOTE,
+    ),
+):
+    _register(_spec)
+
+
+# ----------------------------------------------------------------------------- public helpers
+
+
+def get_scorer(name: str, extra: Mapping[str, ScorerSpec] | None = None) -> ScorerSpec:
+    """The spec of a scorer: ``extra``, then the registry, then a family (``head:v3``)."""
+    if extra and name in extra:
+        return extra[name]
+    if name in SCORERS:
+        return SCORERS.get(name)
+    prefix, sep, suffix = name.partition(":")
+    if sep and prefix in FAMILIES:
+        return FAMILIES.get(prefix).resolve(suffix)
+    known = SCORERS.names() + [f"{p}:<name>" for p in FAMILIES.names()]
+    raise InputError(f"unknown scoring method {name!r}; expected one of: {', '.join(known)}")
+
+
+def list_scorers(
+    prediction: Prediction | None = None, extra: Mapping[str, ScorerSpec] | None = None
+) -> list[ScorerSpec]:
+    """All scorers (static, family-listed, ``extra``), only those applicable to ``prediction``."""
+    specs = [SCORERS.get(n) for n in SCORERS.names()]
+    for fam in (FAMILIES.get(p) for p in FAMILIES.names()):
+        if fam.names is not None:
+            specs.extend(fam.resolve(suffix) for suffix in fam.names())
+    specs.extend((extra or {}).values())
+    if prediction is not None:
+        specs = [s for s in specs if s.applicable(prediction)]
+    return specs
+
+
+def score(
+    name: str,
+    prediction: Prediction,
+    extra: Mapping[str, ScorerSpec] | None = None,
+    **params: Any,
+) -> np.ndarray:
+    """Run one scorer with validated parameters: float32 (H, W), higher = more anomalous."""
+    spec = get_scorer(name, extra)
+    full = spec.resolve_params(params)
+    missing = [f for f in sorted(spec.needs) if getattr(prediction, f, None) is None]
+    if missing:
+        raise InputError(
+            f"{name} needs the prediction field(s) {', '.join(missing)}, which model "
+            f"{prediction.model_name or '(unnamed)'} does not produce"
+            + (" (mask models only)" if "pixel_class_logits" in missing else "")
+        )
+    out = spec.fn(prediction, **full)
+    if isinstance(out, torch.Tensor):
+        out = _out(out)
+    out = np.asarray(out, dtype=np.float32)
+    if out.shape != prediction.size:
+        raise InputError(
+            f"scorer {name} returned shape {out.shape}; expected the scoring size {prediction.size}"
+        )
+    return out
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, float]]:
+    """``"msp:T=2.0"`` -> ("msp", {"T": 2.0}); ``"head:v3"`` -> ("head:v3", {}).
+
+    Grammar: ``name[:part]*``; a part holding ``=`` is a parameter ``key=number``, any other part
+    belongs to the name (family scorers such as ``head:v3``). Names are checked, values are not
+    (``score`` validates ranges).
+    """
+    text = spec.strip()
+    if not text:
+        raise InputError("empty method; expected e.g. msp, msp:T=2.0 or energy:T=0.5")
+    name_parts: list[str] = []
+    params: dict[str, float] = {}
+    for part in text.split(":"):
+        part = part.strip()
+        if "=" in part:
+            key, _, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not key or not value:
+                raise InputError(
+                    f"method {spec!r}: malformed parameter {part!r}; expected key=value"
+                )
+            try:
+                params[key] = float(value)
+            except ValueError:
+                raise InputError(
+                    f"method {spec!r}: parameter {key}={value!r} is not a number"
+                ) from None
+        elif params:
+            raise InputError(f"method {spec!r}: {part!r} after parameters; expected key=value")
+        elif part:
+            name_parts.append(part)
+        else:
+            raise InputError(f"method {spec!r}: empty part; expected name[:key=value]")
+    if not name_parts:
+        raise InputError(f"method {spec!r} has no name; expected e.g. msp:T=2.0")
+    name = ":".join(name_parts)
+    spec_obj = get_scorer(name)
+    for key in params:
+        spec_obj.param(key)  # unknown parameter -> InputError now, not mid-evaluation
+    return name, params
+
+
+def format_method(name: str, params: Mapping[str, Any] | None = None) -> str:
+    """Canonical method string (parameters sorted, defaults dropped): inverse of parse_method."""
+    params = dict(params or {})
+    try:
+        spec = get_scorer(name)
+    except InputError:
+        spec = None  # a family scorer that is gone: keep what was stored
+    if spec is not None:
+        params = {k: v for k, v in params.items() if spec.param(k).default != float(v)}
+    return name + "".join(f":{k}={float(v)!r}" for k, v in sorted(params.items()))
