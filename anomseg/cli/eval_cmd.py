@@ -1,0 +1,222 @@
+"""``anomseg eval``: models x methods x anomaly benchmarks, one forward per image.
+
+Prints a table of dataset x method (AuPRC, FPR95 and AUROC in percent, images, seconds) and
+optionally writes the rows to ``--out`` (``.json`` with per-image values, or ``.csv``); files hold
+metric values as fractions in [0, 1]. Files are written atomically (nothing half-written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from anomseg.errors import InputError
+
+OUT_SUFFIXES = (".json", ".csv")
+CSV_FIELDS = (
+    "dataset", "method", "auprc", "fpr95", "auroc", "n_images", "n_skipped", "seconds",
+    "forward_seconds", "method_seconds", "metric_mode", "model", "input_size",
+)  # fmt: skip
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``anomseg eval``."""
+    p.add_argument("--model", required=True, help="architecture name (see `anomseg models`)")
+    p.add_argument("--checkpoint", help="weights file (.pth/.bin/.safetensors)")
+    p.add_argument(
+        "--dataset", action="append", required=True, metavar="PATH",
+        help="benchmark root with images/ and labels_masks/ (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--methods", default="msp,maxlogit,entropy",
+        help="comma-separated scoring methods, parameters after ':' (e.g. msp:T=2,energy)",
+    )  # fmt: skip
+    p.add_argument(
+        "--input-size", default=None, metavar="HxW",
+        help="resize images to HxW (e.g. 512x1024), 'native' for none; default: the model's",
+    )  # fmt: skip
+    p.add_argument("--metric-mode", default="exact", choices=("exact", "streaming"))
+    p.add_argument("--out", help="write rows to a .json or .csv file (values as fractions)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers (image decoding)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--remap", default=None, metavar="A=B[,C=D]",
+        help="label value remap for every dataset, e.g. 2=1 (default: known names, e.g. RoadAnomaly)",
+    )  # fmt: skip
+    p.add_argument(
+        "--all-images", action="store_true",
+        help="also score images without anomaly pixels (the seed skips them)",
+    )  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_size(text: str | None) -> tuple[int, int] | str | None:
+    """'512x1024' -> (512, 1024); 'native' -> 'native'; None -> None (model default)."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    if t == "native":
+        return "native"
+    m = re.fullmatch(r"(\d+)\s*[x×]\s*(\d+)", t)
+    if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
+        raise InputError(
+            f"--input-size {text!r}; expected HxW with positive integers, e.g. 512x1024, or 'native'"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def split_methods(text: str) -> list[str]:
+    """'msp:T=2,maxlogit,energy:T=0.5' -> one spec per method (parameters follow ':')."""
+    specs = [p.strip() for p in text.split(",") if p.strip()]
+    if not specs:
+        raise InputError(f"--methods {text!r}; expected e.g. msp,maxlogit,entropy")
+    return specs
+
+
+def parse_remap(text: str | None) -> dict[int, int] | str:
+    """'2=1,3=255' -> {2: 1, 3: 255}; None -> 'auto' (known dataset names)."""
+    if text is None:
+        return "auto"
+    out: dict[int, int] = {}
+    for item in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*[=:]\s*(\d+)\s*", item)
+        if not m or int(m.group(1)) > 255 or int(m.group(2)) > 255:
+            raise InputError(f"--remap {text!r}; expected pairs like 2=1 with values 0..255")
+        out[int(m.group(1))] = int(m.group(2))
+    return out
+
+
+def check_out(path: str | None) -> Path | None:
+    """Validate --out before any work is done."""
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix.lower() not in OUT_SUFFIXES:
+        raise InputError(f"--out {path!r}; expected a file name ending in .json or .csv")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"--out {path!r}: folder {parent} does not exist")
+    if out.is_dir():
+        raise InputError(f"--out {path!r} is a directory; expected a file name")
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_rows(path: Path, rows: list[Any], header: dict[str, Any]) -> None:
+    """Write eval rows as JSON (with per-image values) or CSV (one line per row)."""
+    if path.suffix.lower() == ".json":
+        doc = {**header, "units": "fraction", "rows": [r.to_dict() for r in rows]}
+        _atomic_write(path, json.dumps(doc, indent=2) + "\n")
+        return
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        d = r.to_dict(per_image=False)
+        if d.get("input_size"):
+            d["input_size"] = "x".join(map(str, d["input_size"]))
+        w.writerow(d)
+    _atomic_write(path, buf.getvalue())
+
+
+def _pct(v: float) -> str:
+    return "   n/a" if v != v else f"{100 * v:6.2f}"
+
+
+def format_table(rows: list[Any]) -> str:
+    """Plain-text table: dataset x method with AuPRC / FPR95 / AUROC in percent."""
+    wd = max([7] + [len(r.dataset) for r in rows])
+    wm = max([6] + [len(r.method) for r in rows])
+    lines = [
+        f"{'dataset':<{wd}}  {'method':<{wm}}  {'AuPRC%':>6}  {'FPR95%':>6}  {'AUROC%':>6}"
+        f"  {'images':>6}  {'seconds':>7}"
+    ]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        lines.append(
+            f"{r.dataset:<{wd}}  {r.method:<{wm}}  {_pct(r.auprc)}  {_pct(r.fpr95)}  "
+            f"{_pct(r.auroc)}  {r.n_images:>6}  {r.seconds:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate everything, build the model once, evaluate, print, write."""
+    from anomseg.data.benchmark import BenchmarkDataset
+    from anomseg.evaluate import check_metric_mode, evaluate, parse_methods
+    from anomseg.models.registry import create_model
+    from anomseg.predict import Predictor, resolve_device
+
+    # cheap checks first: a typo must not cost a model load or a half-finished run
+    size = parse_size(args.input_size)
+    methods = split_methods(args.methods)
+    parse_methods(methods)
+    check_metric_mode(args.metric_mode)
+    out = check_out(args.out)
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}; expected >= 1")
+    if args.workers < 0:
+        raise InputError(f"--workers {args.workers}; expected >= 0")
+    remap = parse_remap(args.remap)
+    device = resolve_device(args.device)
+    datasets = [BenchmarkDataset(p, remap=remap) for p in args.dataset]
+    names = [d.name for d in datasets]
+    for i, d in enumerate(datasets):  # two folders called "val" must stay apart in the table
+        if names.count(d.name) > 1:
+            d.name = f"{Path(d.root).parent.name}/{d.name}"
+            names[i] = d.name
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise InputError(f"--checkpoint {args.checkpoint}: file not found")
+
+    model = create_model(args.model, checkpoint=args.checkpoint)
+    if args.checkpoint is None:
+        print(f"warning: no --checkpoint given; {args.model} runs with its initial weights",
+              file=sys.stderr)  # fmt: skip
+    predictor = Predictor(model, device=device, input_size=size)
+    rows = evaluate(
+        predictor,
+        datasets,
+        methods,
+        metric_mode=args.metric_mode,
+        progress=not args.no_progress,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        skip_without_anomaly=not args.all_images,
+    )
+    print(format_table(rows))
+    skipped = {r.dataset: r.n_skipped for r in rows if r.n_skipped}
+    for ds, n in skipped.items():
+        print(f"note: {ds}: {n} image(s) without anomaly pixels skipped (--all-images keeps them)")
+    if out is not None:
+        header = {
+            "model": args.model,
+            "model_key": predictor.model_key,
+            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+            "input_size": list(predictor.input_size) if predictor.input_size else None,
+            "metric_mode": args.metric_mode,
+            "device": str(predictor.device),
+            "skip_without_anomaly": not args.all_images,
+        }
+        write_rows(out, rows, header)
+        print(f"wrote {len(rows)} rows to {out}")
+    return 0

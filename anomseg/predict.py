@@ -1,0 +1,381 @@
+"""The Predictor: one forward per (model, image, input size), cached; every scorer reads its output.
+
+Like segment-anything's predictor, the expensive part (the network) runs once and many cheap
+queries (the scorers of ``anomseg.scoring``) follow. Protocol (the seed's): the RGB image is
+resized bilinearly to ``input_size`` with Pillow, scaled to [0, 1] (no normalisation) and run under
+``torch.inference_mode`` (bf16 autocast on CUDA, fp32 on CPU). Outputs are split per image and
+kept as float32 CPU tensors in a ``Prediction``.
+
+Cache: an LRU bounded in bytes (default 1 GiB), keyed by (model identity, sha256 of the image
+pixels, input size). The model identity is ``arch@fingerprint`` where the fingerprint is the
+model's ``checkpoint_sha256`` attribute when the loader set one, else a fingerprint of its state
+dict, so two models never share entries even when one cache object is shared between predictors.
+A model modified in place after the first prediction must be given a new Predictor (or
+``clear_cache()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from anomseg.errors import InputError
+from anomseg.imageio import array_sha256, pil_to_rgb, read_image, resize_image
+from anomseg.prediction import Prediction
+
+DEFAULT_CACHE_BYTES = 1 << 30
+PREDICTION_FIELDS = ("logits", "pixel_class_logits", "mask_logits", "class_logits", "features")
+
+ImageLike = np.ndarray | Image.Image | str | os.PathLike
+Size = tuple[int, int]
+
+
+class PredictionCache:
+    """A thread-safe LRU of ``Prediction`` objects bounded by their total tensor bytes."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if max_bytes < 0:
+            raise InputError(f"cache size must be >= 0 bytes, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[tuple, tuple[Prediction, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._items
+
+    def get(self, key: tuple) -> Prediction | None:
+        """The cached prediction (marked most recently used), or None."""
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: tuple, pred: Prediction) -> None:
+        """Store ``pred``, evicting least recently used entries beyond ``max_bytes``."""
+        size = pred.nbytes()
+        if size > self.max_bytes:
+            return  # would evict everything and still not fit
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old[1]
+            self._items[key] = (pred, size)
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self.nbytes -= evicted
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
+
+    def info(self) -> dict[str, int]:
+        """Entries, bytes held, byte limit, hits and misses."""
+        return {
+            "entries": len(self._items),
+            "bytes": self.nbytes,
+            "max_bytes": self.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda when available else cpu; an unavailable cuda request is an InputError."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short identity of a model's weights: its checkpoint hash if known, else a state-dict
+    fingerprint (names, shapes, a leading slice of each tensor and its sum)."""
+    for attr in ("checkpoint_sha256", "checkpoint_hash", "fingerprint"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str) and value:
+            return value[:16]
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            if t.device.type == "meta" or t.numel() == 0:
+                continue
+            flat = t.detach().reshape(-1)
+            head = flat[:4096].to("cpu", torch.float64).numpy()
+            h.update(head.tobytes())
+            h.update(np.float64(flat.double().sum().item()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def to_rgb_array(image: ImageLike) -> np.ndarray:
+    """An image given as array, PIL image or path -> RGB uint8 (H, W, 3)."""
+    if isinstance(image, str | os.PathLike):
+        return read_image(Path(image))
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(image)
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise InputError(f"image array of shape {arr.shape}; expected (H, W, 3) RGB")
+        if arr.dtype != np.uint8:
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise InputError(
+                    f"image array of dtype {arr.dtype}; expected uint8 or float in [0, 1]"
+                )
+            arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(arr[..., :3])
+    raise InputError(
+        f"image of type {type(image).__name__}; expected a numpy array, a PIL image or a path"
+    )
+
+
+def _own_cpu_f32(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous float32 CPU copy owning its storage (never a view into the batch)."""
+    if t.device.type == "cpu" and t.dtype == torch.float32:
+        return t.clone(memory_format=torch.contiguous_format)
+    return t.to("cpu", torch.float32).contiguous()
+
+
+def _parse_size(size: Any) -> Size | None:
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise InputError(f"input size {size!r}; expected (H, W)") from None
+    if h <= 0 or w <= 0:
+        raise InputError(f"input size {size!r}; expected positive (H, W)")
+    return h, w
+
+
+class Predictor:
+    """Runs a model once per image and input size and caches the ``Prediction``.
+
+    ``input_size``: (H, W) the image is resized to; None = the model's ``default_input_size``;
+    ``"native"`` = no resizing. ``cache`` may be shared between predictors (keys hold the model
+    identity); otherwise a private cache of ``cache_bytes`` is made.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device = "auto",
+        input_size: Size | str | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache: PredictionCache | None = None,
+        autocast: bool = True,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.arch = str(getattr(model, "arch", type(model).__name__))
+        self.num_classes = int(getattr(model, "num_classes", 19))
+        if isinstance(input_size, str):
+            if input_size != "native":
+                raise InputError(f"input size {input_size!r}; expected (H, W), None or 'native'")
+            self.input_size: Size | None = None
+        elif input_size is None:
+            self.input_size = _parse_size(getattr(model, "default_input_size", None))
+        else:
+            self.input_size = _parse_size(input_size)
+        self.cache = cache if cache is not None else PredictionCache(cache_bytes)
+        self.autocast = autocast and self.device.type == "cuda"
+        self._model_key: str | None = None
+        self.forward_calls = 0  # number of model forwards (batches) run
+
+    @property
+    def model_key(self) -> str:
+        """``arch@fingerprint``: the model part of every cache key."""
+        if self._model_key is None:
+            self._model_key = f"{self.arch}@{model_fingerprint(self.model)}"
+        return self._model_key
+
+    def target_size(self, image_hw: Size) -> Size:
+        """The size an image of ``image_hw`` is run at."""
+        return (
+            self.input_size if self.input_size is not None else (int(image_hw[0]), int(image_hw[1]))
+        )
+
+    def _key(self, digest: str, size: Size) -> tuple:
+        return (self.model_key, digest, size)
+
+    def clear_cache(self) -> None:
+        """Forget every cached prediction."""
+        self.cache.clear()
+
+    # ------------------------------------------------------------------ forward
+
+    def forward_arrays(self, batch: Sequence[np.ndarray], meta: Sequence[dict]) -> list[Prediction]:
+        """Run the model on already-resized uint8 images of one size; returns one Prediction each."""
+        x = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
+        # (B, H, W, 3) viewed as (B, 3, H, W) is channels-last: left so on purpose, CPU
+        # convolutions run about twice as fast on it as on a contiguous copy
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        amp = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.autocast
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), amp:
+            out = self.model.predict_batch(x)
+        self.forward_calls += 1
+        preds = []
+        for i, m in enumerate(meta):
+            # copy outside inference mode: the per-image tensors are ordinary tensors (usable in
+            # autograd later, e.g. head training) and do not pin the whole batch's storage
+            fields = {
+                name: None if out.get(name) is None else _own_cpu_f32(out[name][i])
+                for name in PREDICTION_FIELDS
+            }
+            if fields["logits"] is None:
+                raise InputError(f"model {self.arch!r} returned no 'logits' from predict_batch")
+            preds.append(
+                Prediction(
+                    **fields,
+                    num_classes=self.num_classes,
+                    model_name=self.model_key,
+                    meta=dict(m),
+                )
+            )
+        return preds
+
+    def _run_misses(
+        self, items: list[tuple[np.ndarray, tuple, dict]], batch_size: int, store: bool = True
+    ) -> list[Prediction]:
+        """Forward (resized image, key, meta) items in batches of one size; fill the cache."""
+        results: list[Prediction | None] = [None] * len(items)
+        by_size: dict[tuple, list[int]] = {}
+        for idx, (arr, _, _) in enumerate(items):
+            by_size.setdefault(arr.shape, []).append(idx)
+        for idxs in by_size.values():
+            for start in range(0, len(idxs), batch_size):
+                chunk = idxs[start : start + batch_size]
+                preds = self.forward_arrays(
+                    [items[j][0] for j in chunk], [items[j][2] for j in chunk]
+                )
+                for j, pred in zip(chunk, preds, strict=True):
+                    if store:
+                        self.cache.put(items[j][1], pred)
+                    results[j] = pred
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ public
+
+    def predict(self, image: ImageLike) -> Prediction:
+        """The Prediction for one image (array, PIL image or path); cached."""
+        return self.predict_many([image], batch_size=1)[0]
+
+    def predict_many(self, images: Iterable[ImageLike], batch_size: int = 4) -> list[Prediction]:
+        """Predictions for many images, in order; cache hits skip the model, misses are batched."""
+        if batch_size < 1:
+            raise InputError(f"batch size {batch_size}; expected >= 1")
+        out: list[Prediction | None] = []
+        misses: list[tuple[np.ndarray, tuple, dict]] = []
+        miss_pos: list[int] = []
+        pending: dict[tuple, int] = {}  # a repeated image in one call runs once
+        for image in images:
+            arr = to_rgb_array(image)
+            digest = array_sha256(arr)
+            size = self.target_size(arr.shape[:2])
+            key = self._key(digest, size)
+            hit = self.cache.get(key)
+            if hit is None and key in pending:
+                out.append(None)
+                miss_pos.append(pending[key])
+                continue
+            out.append(hit)
+            if hit is None:
+                pending[key] = len(misses)
+                miss_pos.append(len(misses))
+                meta = {"image_sha256": digest, "image_size": arr.shape[:2], "input_size": size}
+                misses.append((resize_image(arr, size), key, meta))
+        if misses:
+            preds = self._run_misses(misses, batch_size)
+            it = iter(miss_pos)
+            out = [p if p is not None else preds[next(it)] for p in out]
+        return out  # type: ignore[return-value]
+
+    def predict_dataset(
+        self,
+        dataset: Any,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        use_cache: bool = True,
+        skip: Callable[[np.ndarray | None], bool] | None = None,
+    ) -> Iterator[tuple[str, Prediction | None, np.ndarray | None]]:
+        """Yield ``(name, Prediction, label at the input size)`` over a paired dataset.
+
+        Images are decoded, hashed and resized in DataLoader workers; labels are resized with
+        nearest neighbour to the input size (the seed protocol). Images whose label ``skip``
+        refuses are not run: they are yielded with ``None`` as their prediction.
+        """
+        from torch.utils.data import DataLoader
+
+        from anomseg.data.benchmark import PairTensorDataset
+
+        if batch_size < 1:
+            raise InputError(f"batch size {batch_size}; expected >= 1")
+        if num_workers < 0:
+            raise InputError(f"number of workers {num_workers}; expected >= 0")
+        loader = DataLoader(
+            PairTensorDataset(dataset, self.input_size),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=list,
+            shuffle=False,
+        )
+        for batch in loader:
+            preds: list[Prediction | None] = []
+            run: list[bool] = []
+            misses: list[tuple[np.ndarray, tuple, dict]] = []
+            for image, label, _name, digest, image_hw in batch:
+                if skip is not None and skip(label):
+                    preds.append(None)
+                    run.append(False)
+                    continue
+                # the worker resized the image already; a native-size run keeps the image's size
+                size = (int(image.shape[0]), int(image.shape[1]))
+                key = self._key(digest, size)
+                hit = self.cache.get(key) if use_cache else None
+                preds.append(hit)
+                run.append(hit is None)
+                if hit is None:
+                    meta = {"image_sha256": digest, "image_size": image_hw, "input_size": size}
+                    misses.append((image, key, meta))
+            if misses:
+                fresh = iter(self._run_misses(misses, len(misses), store=use_cache))
+                preds = [next(fresh) if r else p for p, r in zip(preds, run, strict=True)]
+            for (_image, label, name, _digest, _hw), pred in zip(batch, preds, strict=True):
+                yield name, pred, label
