@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size", type=_size, default=(512, 1024), help="image size HEIGHTxWIDTH (default 512x1024)"
     )
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    b.add_argument(
+        "--workspace",
+        default=None,
+        help="also register the data (datasets, images, paste samples, demo models) in this "
+        "workspace's store; its demo/ folder is used when --dir is not given",
+    )
     b.set_defaults(_demo=_run_build)
 
     p = sub.add_parser("pictures", help="write the README pictures of the procedural world")
@@ -82,6 +88,8 @@ def _run_build(args: argparse.Namespace) -> int:
 
     from anomseg.world.demo_data import build_demo, default_demo_dir
 
+    if args.workspace and not args.dir:
+        return _build_into_workspace(args)
     out = args.dir or default_demo_dir()
     bar = None if args.no_progress else tqdm(total=0, unit="img", desc="demo build")
 
@@ -111,6 +119,29 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_into_workspace(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from db.workspace import DemoSizes, Workspace
+
+    ws = Workspace.open(args.workspace)
+    sizes = DemoSizes(
+        n_train=args.train, n_heldout=args.heldout, n_obstacles=args.obstacles,
+        n_anomalies=args.anomalies, size=tuple(args.size), workers=args.workers,
+    )
+    with tqdm(total=100, unit="%", desc="demo build", disable=args.no_progress) as bar:
+
+        def progress(frac: float, msg: str) -> None:
+            bar.n = round(frac * 100)
+            bar.set_postfix_str(msg[:40])
+            bar.refresh()
+
+        info = ws.bootstrap_demo(progress, sizes, seed=args.seed)
+    parts = ", ".join(f"{d['name']} {d['count']}" for d in info["datasets"])
+    print(f"demo build: {parts} -> {ws.demo_dir}, registered in {ws.store.url}")
+    return 0
+
+
 def _run_pictures(args: argparse.Namespace) -> int:
     from anomseg.world.demo_data import write_pictures
 
@@ -131,7 +162,16 @@ def _run_train_models(args: argparse.Namespace) -> int:
         kwargs["n_train"] = args.train
     if args.iters is not None:
         kwargs["iters"] = args.iters
-    results = tm.train_models(**kwargs)
+    from tqdm import tqdm
+
+    with tqdm(total=100, unit="%", desc="train demo models") as bar:
+
+        def progress(frac: float, msg: str) -> None:
+            bar.n = round(frac * 100)
+            bar.set_postfix_str(msg[-50:])
+            bar.refresh()
+
+        results = tm.train_models(progress=progress, **kwargs)
     for name, meta in results.items():
         print(f"{name}: held-out mIoU {meta['metrics']['heldout_miou'] * 100:.1f}%")
     return 0
