@@ -37,7 +37,9 @@ def test_bootstrap_registers_every_split_with_its_role(ws):
 
 
 def test_bootstrap_makes_one_sample_per_pasted_scene_with_its_records(ws):
-    lines = [json.loads(x) for x in (ws.demo_dir / "train" / "pastes.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(x) for x in (ws.demo_dir / "train" / "pastes.jsonl").read_text().splitlines()
+    ]
     by_image: dict[str, int] = {}
     for item in lines:
         by_image[item["image"]] = by_image.get(item["image"], 0) + 1

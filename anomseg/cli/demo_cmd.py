@@ -126,8 +126,12 @@ def _build_into_workspace(args: argparse.Namespace) -> int:
 
     ws = Workspace.open(args.workspace)
     sizes = DemoSizes(
-        n_train=args.train, n_heldout=args.heldout, n_obstacles=args.obstacles,
-        n_anomalies=args.anomalies, size=tuple(args.size), workers=args.workers,
+        n_train=args.train,
+        n_heldout=args.heldout,
+        n_obstacles=args.obstacles,
+        n_anomalies=args.anomalies,
+        size=tuple(args.size),
+        workers=args.workers,
     )
     with tqdm(total=100, unit="%", desc="demo build", disable=args.no_progress) as bar:
 

@@ -45,7 +45,9 @@ def add_arguments_add_dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="dataset folder: images/ + labels_masks/ (benchmark layout)")
     p.add_argument("--name", default=None, help="dataset name (default: folder name)")
     p.add_argument(
-        "--role", default="eval", choices=["eval", "train", "synthetic", "heldout"],
+        "--role",
+        default="eval",
+        choices=["eval", "train", "synthetic", "heldout"],
         help="eval datasets are never used for training (default eval)",
     )
     p.add_argument("--remap", default=None, help="label value remap, e.g. 2=1 (RoadAnomaly)")

@@ -199,6 +199,7 @@ def _atomic_write(path: Path, write) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``; return the temp path."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make shared checkpoints unreadable to others
     try:
         write(Path(tmp))
     except BaseException:

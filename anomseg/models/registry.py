@@ -96,6 +96,8 @@ def _check_options(entry: ModelEntry, kw: dict[str, Any]) -> None:
 def create_model(name: str, checkpoint: str | Path | None = None, **kw: Any) -> nn.Module:
     """Build a registered model (eval mode), optionally loading a checkpoint strictly."""
     entry = get_model_entry(name)
+    if checkpoint is not None:
+        kw = {**_options_from_metadata(name, checkpoint), **kw}
     _check_options(entry, kw)
     model = entry.builder(**{**entry.defaults, **kw})
     model.arch = name
@@ -104,6 +106,28 @@ def create_model(name: str, checkpoint: str | Path | None = None, **kw: Any) -> 
 
         load_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def _options_from_metadata(name: str, checkpoint: str | Path) -> dict[str, Any]:
+    """Constructor options recorded next to one of our own checkpoints (``<stem>.json``).
+
+    Our safetensors checkpoints carry the options they were built with (e.g. the demo EoMT's
+    depth), so ``create_model(arch, checkpoint=...)`` rebuilds the same shapes without the caller
+    repeating them; explicit keyword arguments still win.
+    """
+    import json
+
+    from anomseg.models.checkpoints import sidecar_path
+
+    side = sidecar_path(checkpoint)
+    try:
+        meta = json.loads(side.read_text()) if side.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(meta, dict) or meta.get("architecture") != name:
+        return {}
+    opts = meta.get("options") or {}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
 
 
 def count_parameters(name: str, **kw: Any) -> int:

@@ -49,7 +49,14 @@ class DemoModelSpec:
 
 DEMO_MODELS: dict[str, DemoModelSpec] = {
     "demo-erfnet": DemoModelSpec(
-        "demo-erfnet", "erfnet", {"input_size": TRAIN_SIZE}, iters=300, batch=8, lr=2e-3, iters2=700, lr2=1e-3
+        "demo-erfnet",
+        "erfnet",
+        {"input_size": TRAIN_SIZE},
+        iters=300,
+        batch=8,
+        lr=2e-3,
+        iters2=700,
+        lr2=1e-3,
     ),
     # 8 blocks instead of ViT-Tiny's 12 keeps both models under the 15 MB repo budget (fp16)
     "demo-eomt": DemoModelSpec(
@@ -197,7 +204,18 @@ def train_one(
         g = torch.Generator().manual_seed(seed)
         n1 = iters or spec.iters
         log["phase1_loss"] = _run_phase(
-            model, spec, spec.arch, rgb, lab, weight, g, n1, spec.lr, "onecycle", progress, "phase 1"
+            model,
+            spec,
+            spec.arch,
+            rgb,
+            lab,
+            weight,
+            g,
+            n1,
+            spec.lr,
+            "onecycle",
+            progress,
+            "phase 1",
         )
         save_checkpoint(model, phase1, {"phase": 1, "iters": n1}, fp16=True)
         load_checkpoint(model, phase1)  # phase 2 always starts from the fp16 file (resumable)
@@ -205,8 +223,18 @@ def train_one(
         torch.manual_seed(seed + 1)
         g2 = torch.Generator().manual_seed(seed + 1)
         log["phase2_loss"] = _run_phase(
-            model, spec, spec.arch, rgb, lab, weight, g2, spec.iters2, spec.lr2, "cosine",
-            progress, "phase 2",
+            model,
+            spec,
+            spec.arch,
+            rgb,
+            lab,
+            weight,
+            g2,
+            spec.iters2,
+            spec.lr2,
+            "cosine",
+            progress,
+            "phase 2",
         )
     model.eval()
     log.update(iters=[spec.iters, spec.iters2], seconds=time.time() - t0)
@@ -231,7 +259,7 @@ def train_models(
     results = {}
     for name in names:
         spec = DEMO_MODELS[name]
-        model, log = train_one(spec, train_seeds, seed, iters, progress, pool, out_dir / '.work')
+        model, log = train_one(spec, train_seeds, seed, iters, progress, pool, out_dir / ".work")
         metrics = heldout_miou(model)
         meta = {
             "name": name,
@@ -248,5 +276,7 @@ def train_models(
         save_checkpoint(model, out_dir / f"{name}.safetensors", meta, fp16=True)
         results[name] = meta
         if progress:
-            progress(1.0, f"{name}: held-out mIoU {metrics['miou'] * 100:.1f}% in {log['seconds']:.0f}s")
+            progress(
+                1.0, f"{name}: held-out mIoU {metrics['miou'] * 100:.1f}% in {log['seconds']:.0f}s"
+            )
     return results
