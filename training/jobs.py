@@ -122,10 +122,28 @@ class Worker:
         self.current: JobContext | None = None
 
     def recover(self) -> list[int]:
-        """Fail jobs left running by a dead worker (stale heartbeat); returns their ids."""
-        from db.jobs import fail_stale_jobs
+        """Fail jobs left running by a dead worker (stale heartbeat); returns their ids.
 
-        return self.store.transact(lambda s: fail_stale_jobs(s, older_than_s=self.stale_after_s))
+        Head versions those jobs were training are failed too: their trainer died, so they
+        would otherwise stay 'training' for ever.
+        """
+        from sqlalchemy import select
+
+        from db.heads import fail_head_version
+        from db.jobs import fail_stale_jobs
+        from db.models import HeadVersion
+
+        def write(s: Any) -> list[int]:
+            ids = fail_stale_jobs(s, older_than_s=self.stale_after_s)
+            if ids:
+                orphans = select(HeadVersion.id).where(
+                    HeadVersion.job_id.in_(ids), HeadVersion.status == "training"
+                )
+                for head_id in list(s.scalars(orphans)):
+                    fail_head_version(s, head_id)
+            return ids
+
+        return self.store.transact(write)
 
     def _known_kinds(self) -> list[str]:
         return [k for k in (self.kinds or JOB_KINDS.names()) if k in JOB_KINDS]

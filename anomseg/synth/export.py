@@ -16,6 +16,7 @@ uses its own (seed, background id) stream. Nothing depends on other backgrounds,
 Resume: each finished item is appended to the manifest at once; a re-run reads it (ignoring a
 torn last line), skips items whose records hash and render settings are unchanged and whose
 files exist, and at the end rewrites the manifest atomically with one line per background.
+Temporary files a killed run left (``write_atomic``'s ``.<name>.*.tmp``) are deleted first.
 """
 
 from __future__ import annotations
@@ -196,6 +197,15 @@ def _line(entry: dict) -> str:
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete ``write_atomic`` temporaries (``.<name>.*.tmp``) left by a killed earlier run."""
+    # one export per folder at a time (the manifest assumes it too), so none is in use now
+    for folder in (out_dir, out_dir / "images", out_dir / "gt", out_dir / "instances"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
 @dataclass
 class ExportSummary:
     """What one export run did."""
@@ -223,6 +233,7 @@ def export(
 
     out_dir = Path(out) if out is not None else cfg.export.out
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_dir)
     if sources is None or workers > 1:
         sources = build_sources(cfg)
     bg_source, obj_source = sources
