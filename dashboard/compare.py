@@ -1,0 +1,297 @@
+"""Compare tab: every method's anomaly map over one image, side by side.
+
+The model runs once per image (the workspace predictor caches it) and every scored map is kept
+in the services' bounded map cache, so the sliders and checkboxes here only re-render.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from anomseg.errors import InputError
+from dashboard import render
+from dashboard.services import THRESHOLD_MODES, CompareStyle, ParamChoice, Services
+from dashboard.ui import Context, guarded
+
+EMPTY_TABLE = pd.DataFrame(columns=["method", "spec", "AuPRC %", "FPR95 %"])
+
+
+def params_dict(choices: list[ParamChoice], values: tuple | list) -> dict[str, dict[str, float]]:
+    """Slider values -> {scorer: {param: value}}."""
+    out: dict[str, dict[str, float]] = {}
+    for p, v in zip(choices, values, strict=True):
+        if v is None:
+            continue
+        out.setdefault(p.scorer, {})[p.name] = float(v)
+    return out
+
+
+def method_update(svc: Services, model: str | None, keep: list[str] | None = None) -> Any:
+    """CheckboxGroup update listing the methods of ``model`` (keeping still-valid ticks)."""
+    if not model:
+        return gr.update(choices=[], value=[])
+    choices = svc.method_choices(model)
+    names = [c.name for c in choices]
+    value = [n for n in (keep or []) if n in names]
+    if not value:
+        value = [c.name for c in choices if c.default_on]
+    else:
+        # a head version that appeared since (a finished retrain) is ticked too
+        value += [c.name for c in choices if c.kind == "head" and c.name not in value]
+    return gr.update(choices=[(c.label, c.name) for c in choices], value=value)
+
+
+def build(ctx: Context) -> None:
+    """Build the Compare tab's widgets and wire its events."""
+    svc: Services = ctx.svc
+    params = svc.param_choices()
+    models = svc.model_names()
+    datasets = svc.dataset_choices()
+    model0 = models[0] if models else None
+    ds0 = datasets[0][1] if datasets else None
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            model = gr.Dropdown(models, value=model0, label="Model", elem_id="compare-model")
+            dataset = gr.Dropdown(datasets, value=ds0, label="Dataset", elem_id="compare-dataset")
+            gallery = gr.Gallery(
+                label="Images: click one to compare",
+                columns=3,
+                height=330,
+                allow_preview=False,
+                buttons=[],
+                object_fit="cover",
+                elem_id="compare-gallery",
+            )
+            gallery_ids = gr.State([])
+            upload = gr.File(
+                label="…or upload an image (PNG / JPEG / WEBP)",
+                file_types=["image"],
+                type="filepath",
+                elem_id="compare-upload",
+            )
+            image_id = gr.Number(value=0, precision=0, visible="hidden", elem_id="compare-image-id")
+            image_info = gr.Markdown("Pick an image on the left.", elem_id="compare-image-info")
+        with gr.Column(scale=3):
+            # initial choices: every model's methods, so API clients (gradio_client) pass the
+            # server's choice validation without a browser session; a session narrows them to
+            # its model's methods on load and on every model change
+            init = method_update(svc, model0)
+            union = list(init.get("choices", []))
+            for m in models[1:]:
+                union += [
+                    c
+                    for c in method_update(svc, m).get("choices", [])
+                    if c[1] not in {u[1] for u in union}
+                ]
+            methods = gr.CheckboxGroup(
+                choices=union,
+                value=init.get("value", []),
+                label="Methods",
+                elem_id="compare-methods",
+            )
+            with gr.Row():
+                opacity = gr.Slider(
+                    0, 1, 0.6, step=0.05, label="Heat-map opacity", elem_id="compare-opacity"
+                )
+                thr_mode = gr.Radio(
+                    list(THRESHOLD_MODES),
+                    value="off",
+                    label="Threshold",
+                    elem_id="compare-thr-mode",
+                )
+                thr = gr.Slider(
+                    0,
+                    1,
+                    0.5,
+                    step=0.01,
+                    label="Score threshold",
+                    info="fraction of each panel's colour range (absolute with a shared scale)",
+                    elem_id="compare-thr",
+                )
+            with gr.Row():
+                shared = gr.Checkbox(
+                    False, label="One shared colour scale", elem_id="compare-shared"
+                )
+                show_gt = gr.Checkbox(
+                    True, label="Ground-truth outline (green)", elem_id="compare-gt"
+                )
+                cmap = gr.Dropdown(render.COLORMAPS.names(), value="inferno", label="Colour map")
+            with gr.Accordion("Method parameters", open=False):
+                sliders = [
+                    gr.Slider(
+                        p.min,
+                        p.max,
+                        p.default,
+                        step=p.step,
+                        label=f"{p.scorer} · {p.name}",
+                        info=p.help,
+                    )
+                    for p in params
+                ]
+            panels = gr.Gallery(
+                label="Methods side by side (click a panel for the full-size view)",
+                columns=3,
+                height="auto",
+                allow_preview=False,
+                buttons=[],
+                object_fit="contain",
+                format="jpeg",
+                elem_id="compare-panels",
+            )
+            notes = gr.Markdown(elem_classes=["anomseg-note"], elem_id="compare-notes")
+            shown = gr.State([])
+            table = gr.Dataframe(
+                EMPTY_TABLE, label="Per-image figures", interactive=False, elem_id="compare-table"
+            )
+            with gr.Row():
+                full_method = gr.Dropdown(
+                    label="Full-size view of", choices=[], elem_id="compare-full-method"
+                )
+            full = gr.Image(
+                label="Full-size view",
+                type="numpy",
+                format="jpeg",
+                interactive=False,
+                elem_id="compare-full",
+            )
+
+    style_inputs = [opacity, thr_mode, thr, shared, show_gt, cmap, dataset]
+
+    def _style(op, mode, t, sh, gt, cm, ds) -> CompareStyle:
+        return CompareStyle(
+            opacity=float(op),
+            shared_scale=bool(sh),
+            threshold_mode=mode or "off",
+            threshold=float(t),
+            show_gt=bool(gt),
+            cmap=cm or "inferno",
+            dataset_id=int(ds) if ds not in (None, "") else None,
+        )
+
+    @guarded
+    def run_compare(m, img, names, op, mode, t, sh, gt, cm, ds, *pvals, progress=gr.Progress()):
+        if not m:
+            raise InputError("no model is registered in this workspace (see `anomseg add-model`)")
+        if not img or int(img) <= 0:
+            return (
+                [],
+                "Pick an image on the left (or upload one).",
+                EMPTY_TABLE,
+                [],
+                gr.update(),
+                "",
+            )
+        res = svc.compare(
+            m,
+            int(img),
+            list(names or []),
+            params_dict(params, pvals),
+            _style(op, mode, t, sh, gt, cm, ds),
+            progress=lambda f, msg: progress(f, desc=msg),
+        )
+        items = [(p.image, p.caption) for p in res.panels]
+        v = res.view
+        info = (
+            f"**#{v.image_id} {v.name}** · {v.dataset} ({v.role}) · stored "
+            f"{v.full_size[1]}×{v.full_size[0]}, scored at {v.score_size[1]}×{v.score_size[0]}"
+            + ("" if v.gt is not None else " · no ground truth")
+        )
+        note_lines = list(dict.fromkeys(res.notes)) + [f"rendered in {res.seconds * 1000:.0f} ms"]
+        choices = [(p.label, n) for p, n in zip(res.panels, names or [], strict=False)]
+        return (
+            items,
+            " · ".join(note_lines),
+            res.table(),
+            list(names or []),
+            gr.update(choices=choices),
+            info,
+        )
+
+    compare_inputs = [model, image_id, methods, *style_inputs, *sliders]
+    compare_outputs = [panels, notes, table, shown, full_method, image_info]
+    gr.on(
+        triggers=[
+            image_id.change,
+            methods.change,
+            thr_mode.change,
+            shared.change,
+            show_gt.change,
+            cmap.change,
+            opacity.release,
+            thr.release,
+            *[s.release for s in sliders],
+        ],
+        fn=run_compare,
+        inputs=compare_inputs,
+        outputs=compare_outputs,
+        api_name="compare",
+        concurrency_limit=4,
+        trigger_mode="always_last",
+    )
+
+    @guarded
+    def on_model(m, keep):
+        return method_update(svc, m, keep)
+
+    model.change(on_model, [model, methods], methods, api_name=False)
+
+    @guarded
+    def on_dataset(ds):
+        if ds in (None, ""):
+            return [], []
+        ids = [i for _n, i in svc.image_names(int(ds))][:120]
+        return svc.gallery(int(ds)), ids
+
+    dataset.change(on_dataset, dataset, [gallery, gallery_ids], api_name=False)
+
+    def on_pick(ids, evt: gr.SelectData):
+        if evt is None or evt.index is None or not ids:
+            return gr.update()
+        idx = evt.index if isinstance(evt.index, int) else evt.index[0]
+        return ids[int(idx)] if 0 <= int(idx) < len(ids) else gr.update()
+
+    gallery.select(on_pick, gallery_ids, image_id, api_name=False)
+
+    @guarded
+    def on_upload(path):
+        if not path:
+            return gr.update(), gr.update()
+        new_id = svc.register_upload(path)
+        gr.Info("Image uploaded and registered in the 'uploads' dataset.")
+        return new_id, None
+
+    upload.upload(on_upload, upload, [image_id, upload], api_name="upload")
+
+    @guarded
+    def on_full(m, img, name, op, mode, t, sh, gt, cm, ds, *pvals):
+        if not m or not img or not name:
+            return None
+        return svc.full_view(
+            m, int(img), name, params_dict(params, pvals), _style(op, mode, t, sh, gt, cm, ds)
+        )
+
+    full_inputs = [model, image_id, full_method, *style_inputs, *sliders]
+    full_method.change(on_full, full_inputs, full, api_name="full_view")
+
+    def on_panel(names, evt: gr.SelectData):
+        if evt is None or evt.index is None or not names:
+            return gr.update()
+        idx = evt.index if isinstance(evt.index, int) else evt.index[0]
+        return names[int(idx)] if 0 <= int(idx) < len(names) else gr.update()
+
+    panels.select(on_panel, shown, full_method, api_name=False)
+
+    ctx["compare.model"] = model
+    ctx["compare.dataset"] = dataset
+    ctx["compare.image_id"] = image_id
+    ctx["compare.methods"] = methods
+    ctx["compare.sliders"] = sliders
+    ctx["compare.params"] = params
+    ctx["compare.gallery"] = gallery
+    ctx["compare.gallery_ids"] = gallery_ids
+    ctx["compare.on_dataset"] = on_dataset
+    ctx["compare.on_model"] = on_model

@@ -1,0 +1,244 @@
+"""Job kinds the dashboard queues besides training: generate samples, evaluate a model.
+
+They plug into the store-backed worker of ``training.jobs`` (``JOB_KINDS``); the app's in-process
+worker runs them, and ``anomseg worker`` does too once this module is imported. Each is a plain
+function of a ``JobContext`` that reports progress and writes its results to the store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomseg.errors import InputError
+from training.jobs import JOB_KINDS, JobContext
+
+POSTHOC_METHODS = ("msp", "maxlogit", "entropy", "energy", "rba")
+
+
+def _register(name: str):
+    def deco(fn):
+        if name not in JOB_KINDS:  # the training package may provide its own version
+            JOB_KINDS.register(name, fn)
+        return fn
+
+    return deco
+
+
+def _synthetic_dataset(s: Any, name: str | None) -> Any:
+    from db import catalog
+
+    if name:
+        ds = catalog.get_dataset(s, name)
+        if ds.role != "synthetic":
+            raise InputError(f"dataset {name!r} has role {ds.role!r}; expected a synthetic dataset")
+        return ds
+    found = catalog.list_datasets(s, role="synthetic")
+    if not found:
+        raise InputError("no synthetic dataset is registered to add generated samples to")
+    return found[0]
+
+
+@_register("synth_generate")
+def synth_generate_job(ctx: JobContext) -> dict[str, Any]:
+    """Propose ``n`` new samples: fresh procedural scenes with bank objects placed by the engine.
+
+    params: ``n`` (1..500), optional ``dataset`` (a synthetic dataset name), ``seed``.
+    New samples are stored as *proposed*, with their render cache written, ready to curate.
+    """
+    from PIL import Image as PILImage
+
+    from anomseg.synth.render import render
+    from anomseg.world.demo_data import SPECS, plan_pastes
+    from anomseg.world.objects import ObjectBank
+    from anomseg.world.scenes import DEFAULT_SIZE, generate_scene, parse_scene_id
+    from db import pastes as dbpastes
+    from db.catalog import sha256_file
+    from training.dataset import revisions_hash
+
+    n = ctx.params.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 500:
+        raise InputError(f"synth_generate: n must be an integer in 1..500, got {n!r}")
+    with ctx.store.read() as s:
+        ds = _synthetic_dataset(s, ctx.params.get("dataset"))
+        ds_id, root = ds.id, Path(ds.root)
+        used = []
+        size = None
+        for smp in dbpastes.list_samples(s, dataset_id=ds_id):
+            try:
+                used.append(parse_scene_id(smp.background_id))
+            except InputError:
+                continue
+            if size is None and smp.render and smp.render.get("image"):
+                p = Path(smp.render["image"])
+                p = p if p.is_absolute() else root / p
+                if p.is_file():
+                    from anomseg.imageio import image_size
+
+                    size = image_size(p)
+    size = size or DEFAULT_SIZE
+    seed = int(ctx.params.get("seed", 0))
+    next_scene = max(used, default=10_000_000) + 1
+    out_dir = ctx.workspace / "cache" / "renders"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bank = ObjectBank(SPECS["train"].categories, *SPECS["train"].objects)
+    made, tries = [], 0
+    while len(made) < n and tries < 4 * n:
+        scene = next_scene + tries
+        tries += 1
+        bg = generate_scene(scene, size)
+        rng = np.random.default_rng([seed, scene, 0x6E4])
+        records = plan_pastes(bg, "train", rng)
+        if not records:
+            continue
+        rendered = render(bg, records, {"bank": bank})
+        pastes = [(f"p{i}", r.to_dict()) for i, r in enumerate(records)]
+
+        def write(s: Any, bid: str = bg.id, pastes: list = pastes) -> tuple[int, str, dict]:
+            smp = dbpastes.create_sample(
+                s, ds_id, bid, pastes, seed=seed, status="proposed", author="generator"
+            )
+            revs = {p.key: r.content_hash for p, r in dbpastes.current_revisions(s, smp.id)}
+            return smp.id, smp.uid, revs
+
+        sid, uid, revs = ctx.store.transact(write)
+        rh = revisions_hash(revs)
+        img_p, gt_p = out_dir / f"{uid}-{rh[:16]}.png", out_dir / f"{uid}-{rh[:16]}_gt.png"
+        PILImage.fromarray(rendered.rgb).save(img_p, format="PNG", compress_level=1)
+        PILImage.fromarray(rendered.gt).save(gt_p, format="PNG", compress_level=1)
+        cache = {
+            "image": str(img_p),
+            "gt": str(gt_p),
+            "revisions_hash": rh,
+            "image_sha256": sha256_file(img_p),
+            "size": list(size),
+        }
+        ctx.store.transact(
+            lambda s, sid=sid, cache=cache: dbpastes.set_render_cache(s, sid, cache) and None
+        )
+        made.append(sid)
+        ctx.progress(len(made) / n, f"sample #{sid} ({len(records)} pastes on {bg.id})")
+    if not made:
+        raise InputError("could not place any object on the generated scenes; try again")
+    return {"samples": made, "tried_scenes": tries}
+
+
+@_register("evaluate")
+def evaluate_job(ctx: JobContext) -> dict[str, Any]:
+    """Evaluate a model's post-hoc methods (and its ready heads) on every eval dataset.
+
+    params: ``model``; optional ``methods`` (list of post-hoc specs), ``datasets`` (names),
+    ``heads`` (bool, default True). One forward per image for all methods, the protocol of
+    ``anomseg.evaluate`` (label resized nearest to the scoring size, images without anomaly
+    pixels skipped); results, with per-image figures, go to the leaderboard.
+    """
+    import time
+
+    from anomseg import scoring
+    from anomseg.data.benchmark import BenchmarkDataset
+    from anomseg.imageio import resize_label
+    from anomseg.metrics import AnomalyMetrics, per_image
+    from anomseg.models.heads import head_scorer, load_head
+    from db import catalog
+    from db import heads as dbheads
+    from db.workspace import Workspace
+
+    model = ctx.params.get("model")
+    if not model:
+        raise InputError("evaluate job needs a 'model' parameter")
+    ws = Workspace.open(ctx.workspace, url=ctx.store.url)
+    try:
+        predictor = ws.predictor(model)
+        with ctx.store.read() as s:
+            model_id = catalog.get_model(s, model).id
+            wanted = ctx.params.get("datasets")
+            sets = [
+                (d.id, d.name, d.root, d.label_remap)
+                for d in catalog.list_datasets(s, role="eval")
+                if not wanted or d.name in wanted
+            ]
+            heads = (
+                [
+                    (h.version, h.kind, h.checkpoint_path)
+                    for h in dbheads.list_head_versions(s, model_id)
+                    if h.status == "ready" and h.checkpoint_path
+                ]
+                if ctx.params.get("heads", True)
+                else []
+            )
+        if not sets:
+            raise InputError("no eval dataset is registered")
+        scorers: dict[str, Any] = {}
+        for spec in ctx.params.get("methods") or POSTHOC_METHODS:
+            name, params = scoring.parse_method(spec)
+            scorers[scoring.format_method(name, params)] = lambda p, name=name, params=params: (
+                scoring.score(name, p, **params)
+            )
+        for version, kind, path in heads:
+            head, _meta = load_head(path, kind=kind)
+            scorers[f"head:{version}"] = head_scorer(head)
+        total = sum(1 for _ in sets)
+        for k, (ds_id, ds_name, root, remap) in enumerate(sets):
+            ds = BenchmarkDataset(
+                Path(root), remap={int(a): int(b) for a, b in remap.items()} if remap else "auto"
+            )
+            acc = {n: AnomalyMetrics(mode="exact") for n in scorers}
+            per: dict[str, list] = {n: [] for n in scorers}
+            skipped: set[str] = set()
+            t0, n_used = time.perf_counter(), 0
+            for i, (name, pred, label) in enumerate(predictor.predict_dataset(ds)):
+                ctx.progress(
+                    (k + i / max(len(ds), 1)) / total, f"{model} on {ds_name}: {i + 1}/{len(ds)}"
+                )
+                lab = label if label.shape == pred.size else resize_label(label, pred.size)
+                if not (lab == 1).any():
+                    continue
+                n_used += 1
+                for mname, fn in scorers.items():
+                    try:
+                        amap = np.asarray(fn(pred), dtype=np.float32)
+                    except InputError:
+                        skipped.add(mname)  # e.g. rba on a pixel model
+                        continue
+                    acc[mname].update(amap, lab)
+                    one = per_image(amap, lab)
+                    per[mname].append(
+                        {"name": name, **{m: float(one[m]) for m in ("auprc", "fpr95", "auroc")}}
+                    )
+            seconds = time.perf_counter() - t0
+            for mname in scorers:
+                if mname in skipped or not n_used:
+                    continue
+                res = acc[mname].compute()
+                metrics = {m: float(res[m]) for m in ("auprc", "fpr95", "auroc")}
+                row = {
+                    "model_id": model_id,
+                    "method": mname,
+                    "dataset_id": ds_id,
+                    "metrics": metrics,
+                    "n_images": n_used,
+                    "per_image": per[mname],
+                    "seconds": seconds / len(scorers),
+                }
+                ctx.store.transact(lambda s, row=row: _add_result(s, row))
+        ctx.progress(1.0, f"evaluated {len(scorers)} methods on {total} datasets")
+        return {"datasets": total, "methods": list(scorers)}
+    finally:
+        ws.close()
+
+
+def _add_result(s: Any, row: dict[str, Any]) -> None:
+    from db import results
+
+    results.add_eval_result(
+        s,
+        row["model_id"],
+        row["method"],
+        row["dataset_id"],
+        row["metrics"],
+        row["n_images"],
+        per_image=row["per_image"],
+        seconds=row["seconds"],
+    )

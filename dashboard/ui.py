@@ -1,0 +1,101 @@
+"""Shared UI pieces: theme, CSS, the cross-tab context and the error wrapper for event handlers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from anomseg.errors import AnomsegError
+
+log = logging.getLogger("anomseg.dashboard")
+
+# System fonts only: the app must work with no internet (no web-font downloads).
+THEME = gr.themes.Soft(
+    primary_hue="indigo",
+    secondary_hue="amber",
+    neutral_hue="slate",
+    radius_size="md",
+    font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+)
+
+CSS = """
+#anomseg-header { padding: 10px 16px; border-radius: 10px;
+  background: linear-gradient(90deg, #312e81 0%, #4338ca 55%, #6366f1 100%); color: #fff; }
+#anomseg-header h1 { margin: 0; font-size: 1.45rem; font-weight: 700; color: #fff; }
+#anomseg-header p { margin: 2px 0 0 0; opacity: .9; font-size: .88rem; color: #e0e7ff; }
+#anomseg-status, #anomseg-status p { font-size: .85rem; }
+.anomseg-note p { font-size: .85rem; color: var(--body-text-color-subdued); }
+.anomseg-progress { height: 18px; border-radius: 9px; background: var(--neutral-200);
+  overflow: hidden; }
+.anomseg-progress > div { height: 100%; background: linear-gradient(90deg, #6366f1, #22c55e);
+  transition: width .4s ease; }
+.anomseg-progress-label { font-size: .85rem; margin-top: 4px; }
+footer { display: none !important; }
+"""
+
+HEADER_HTML = """
+<div id="anomseg-header">
+  <h1>anomseg · anomaly segmentation workbench</h1>
+  <p>Compare anomaly scores side by side, flag mistakes, curate synthetic pastes,
+  retrain the anomaly head and read the leaderboard.</p>
+</div>
+"""
+
+
+@dataclass
+class Context:
+    """Components and callbacks that tabs share (filled in as the tabs are built)."""
+
+    svc: Any
+    tabs: Any = None
+    parts: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.parts[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.parts[key] = value
+
+
+def user_of(request: gr.Request | None) -> str:
+    """The logged-in user name (with --auth), else "anonymous"."""
+    name = getattr(request, "username", None) if request is not None else None
+    return str(name) if name else "anonymous"
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into a visible gr.Error toast, and unexpected ones into a short one.
+
+    Raising gr.Error aborts the event, so no output is half-updated and nothing is stored.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except AnomsegError as exc:
+            raise gr.Error(str(exc), title="Not done", print_exception=False) from None
+        except Exception as exc:  # a bug: tell the user something specific, keep the trace
+            log.error("dashboard handler %s failed:\n%s", fn.__name__, traceback.format_exc())
+            raise gr.Error(f"{type(exc).__name__}: {exc}", title="Internal error") from None
+
+    return wrapper
+
+
+def progress_html(fraction: float, label: str) -> str:
+    """A small progress bar (HTML)."""
+    pct = max(0.0, min(1.0, float(fraction))) * 100
+    safe = (label or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (
+        f'<div class="anomseg-progress"><div style="width:{pct:.1f}%"></div></div>'
+        f'<div class="anomseg-progress-label">{pct:.0f}% · {safe}</div>'
+    )
