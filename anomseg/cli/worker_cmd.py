@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     """Poll the queue and run jobs until interrupted (or, with --once, until it is empty)."""
     from pathlib import Path
 
+    import dashboard.jobs  # noqa: F401  (registers the app's job kinds: evaluate, synth)
     from db.engine import Store, default_workspace
     from training.jobs import JOB_KINDS, Worker
 
