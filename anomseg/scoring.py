@@ -200,24 +200,54 @@ def _param_t(help_: str = _T_HELP) -> Param:
     return Param("T", 1.0, 0.01, 100.0, 0.01, help_)
 
 
+def _memo(prediction: Prediction, key: tuple, fn) -> torch.Tensor:
+    """Per-prediction cache of channel reductions shared by several scorers.
+
+    max_k z_k and logsumexp_k(z_k / T) are what msp, maxlogit, energy and entropy all start from;
+    computing each once per prediction is what makes "every method from one forward" cheap
+    (a pass over C x H x W costs more than the per-pixel arithmetic that follows). Pure: the
+    cached values are functions of the prediction's own logits.
+    """
+    memo = prediction.meta.setdefault("_scoring_memo", {})
+    if key not in memo:
+        memo[key] = fn()
+    return memo[key]
+
+
+def _amax(prediction: Prediction) -> torch.Tensor:
+    return _memo(prediction, ("amax",), lambda: _f32(prediction.logits).amax(0))
+
+
+def _lse(prediction: Prediction, T: float) -> torch.Tensor:
+    z = _f32(prediction.logits)
+    return _memo(prediction, ("lse", float(T)), lambda: torch.logsumexp(z if T == 1 else z / T, 0))
+
+
 def msp(prediction: Prediction, T: float = 1.0) -> np.ndarray:
-    """Maximum softmax probability (Hendrycks & Gimpel, 2017): 1 - max_k softmax(z / T)_k."""
+    """Maximum softmax probability (Hendrycks & Gimpel, 2017): 1 - max_k softmax(z / T)_k.
+
+    Kept as a plain softmax (not ``exp(max - logsumexp)``): the two differ in the last float bit,
+    which reorders near-ties and would make results drift from the textbook computation.
+    """
     return _out(msp_t(prediction.logits, T))
 
 
 def maxlogit(prediction: Prediction) -> np.ndarray:
     """Max logit (Hendrycks et al., 2022): -max_k z_k."""
-    return _out(maxlogit_t(prediction.logits))
+    return _out(-_amax(prediction))
 
 
 def entropy(prediction: Prediction) -> np.ndarray:
-    """Max entropy: H(softmax(z)) / log C."""
-    return _out(entropy_t(prediction.logits))
+    """Max entropy: H(softmax(z)) / log C, as ``logsumexp(z) - sum_k softmax(z)_k z_k``."""
+    z = _f32(prediction.logits)
+    lse = _lse(prediction, 1.0)
+    h = lse - (torch.exp(z - lse) * z).sum(0)
+    return _out(h.clamp_min(0.0) / math.log(z.shape[0]))
 
 
 def energy(prediction: Prediction, T: float = 1.0) -> np.ndarray:
     """Energy score (Liu et al., NeurIPS 2020): -T * logsumexp(z / T)."""
-    return _out(energy_t(prediction.logits, T))
+    return _out(-T * _lse(prediction, T))
 
 
 def rba(prediction: Prediction) -> np.ndarray:
