@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from anomseg.cache import LRU
 from anomseg.errors import InputError
 from anomseg.imageio import array_sha256, pil_to_rgb, read_image, resize_image
 from anomseg.prediction import Prediction
@@ -40,66 +39,13 @@ ImageLike = np.ndarray | Image.Image | str | os.PathLike
 Size = tuple[int, int]
 
 
-class PredictionCache:
+class PredictionCache(LRU):
     """A thread-safe LRU of ``Prediction`` objects bounded by their total tensor bytes."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if max_bytes < 0:
             raise InputError(f"cache size must be >= 0 bytes, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[tuple, tuple[Prediction, int]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.nbytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: tuple) -> bool:
-        return key in self._items
-
-    def get(self, key: tuple) -> Prediction | None:
-        """The cached prediction (marked most recently used), or None."""
-        with self._lock:
-            entry = self._items.get(key)
-            if entry is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return entry[0]
-
-    def put(self, key: tuple, pred: Prediction) -> None:
-        """Store ``pred``, evicting least recently used entries beyond ``max_bytes``."""
-        size = pred.nbytes()
-        if size > self.max_bytes:
-            return  # would evict everything and still not fit
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.nbytes -= old[1]
-            self._items[key] = (pred, size)
-            self.nbytes += size
-            while self.nbytes > self.max_bytes:
-                _, (_, evicted) = self._items.popitem(last=False)
-                self.nbytes -= evicted
-
-    def clear(self) -> None:
-        """Drop every entry."""
-        with self._lock:
-            self._items.clear()
-            self.nbytes = 0
-
-    def info(self) -> dict[str, int]:
-        """Entries, bytes held, byte limit, hits and misses."""
-        return {
-            "entries": len(self._items),
-            "bytes": self.nbytes,
-            "max_bytes": self.max_bytes,
-            "hits": self.hits,
-            "misses": self.misses,
-        }
+        super().__init__(max_items=1 << 30, max_bytes=int(max_bytes), sizeof=Prediction.nbytes)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
