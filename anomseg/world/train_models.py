@@ -34,17 +34,23 @@ HELDOUT_SEEDS = range(900_000, 900_040)
 
 
 @dataclass(frozen=True)
+class Phase:
+    """One optimisation phase: "onecycle" from scratch, or "cosine" continuing the previous."""
+
+    schedule: str
+    iters: int
+    lr: float
+
+
+@dataclass(frozen=True)
 class DemoModelSpec:
-    """One demo model: registry name, constructor options, optimisation schedule."""
+    """One demo model: registry name, constructor options, optimisation phases."""
 
     name: str
     arch: str
     options: dict
-    iters: int
-    batch: int
-    lr: float
-    iters2: int = 0  # phase 2: cosine continuation from the phase-1 weights
-    lr2: float = 0.0
+    phases: tuple[Phase, ...]
+    batch: int = 8
 
 
 DEMO_MODELS: dict[str, DemoModelSpec] = {
@@ -52,22 +58,14 @@ DEMO_MODELS: dict[str, DemoModelSpec] = {
         "demo-erfnet",
         "erfnet",
         {"input_size": TRAIN_SIZE},
-        iters=300,
-        batch=8,
-        lr=2e-3,
-        iters2=700,
-        lr2=1e-3,
+        (Phase("onecycle", 300, 2e-3), Phase("cosine", 700, 1e-3), Phase("cosine", 600, 5e-4)),
     ),
     # 8 blocks instead of ViT-Tiny's 12 keeps both models under the 15 MB repo budget (fp16)
     "demo-eomt": DemoModelSpec(
         "demo-eomt",
         "eomt_tiny",
         {"img_size": TRAIN_SIZE, "input_size": TRAIN_SIZE, "depth": 8},
-        iters=600,
-        batch=8,
-        lr=1e-3,
-        iters2=900,
-        lr2=5e-4,
+        (Phase("onecycle", 600, 1e-3), Phase("cosine", 900, 5e-4), Phase("cosine", 700, 3e-4)),
     ),
 }
 
@@ -180,11 +178,11 @@ def train_one(
     pool: tuple[torch.Tensor, torch.Tensor] | None = None,
     work_dir: Path | None = None,
 ):
-    """Train one demo model from scratch in two phases; returns (model, log dict).
+    """Train one demo model from scratch through its phases; returns (model, log dict).
 
-    Phase 1 (one-cycle) ends in an fp16 checkpoint in ``work_dir``; phase 2 (cosine) continues
-    from that file, so a run interrupted after phase 1 resumes from it and reproduces the same
-    weights as an uninterrupted one.
+    Each phase ends in an fp16 checkpoint in ``work_dir`` and the next phase starts from that
+    file, so a run interrupted between phases resumes from the newest one and reproduces the
+    weights of an uninterrupted run. ``iters`` overrides every phase's length (smoke runs).
     """
     from anomseg.models import create_model
     from anomseg.models.checkpoints import load_checkpoint, save_checkpoint
@@ -195,49 +193,26 @@ def train_one(
     model = create_model(spec.arch, **spec.options)
     if hasattr(model, "attn_mask_probs"):
         model.attn_mask_probs.zero_()
-    t0, log = time.time(), {}
-    phase1 = Path(work_dir or ASSET_DIR / ".work") / f"{spec.name}.phase1-s{seed}.safetensors"
-    if phase1.is_file():
-        load_checkpoint(model, phase1)
-        log["phase1"] = "resumed from " + phase1.name
-    else:
-        g = torch.Generator().manual_seed(seed)
-        n1 = iters or spec.iters
-        log["phase1_loss"] = _run_phase(
-            model,
-            spec,
-            spec.arch,
-            rgb,
-            lab,
-            weight,
-            g,
-            n1,
-            spec.lr,
-            "onecycle",
-            progress,
-            "phase 1",
+    t0, log = time.time(), {"phases": []}
+    work = Path(work_dir or ASSET_DIR / ".work")
+    for k, phase in enumerate(spec.phases, start=1):
+        ckpt = work / f"{spec.name}.phase{k}-s{seed}.safetensors"
+        if ckpt.is_file() and iters is None:
+            load_checkpoint(model, ckpt)
+            log["phases"].append({"phase": k, "resumed": ckpt.name})
+            continue
+        torch.manual_seed(seed + k - 1)
+        g = torch.Generator().manual_seed(seed + k - 1)
+        n = iters or phase.iters
+        loss = _run_phase(
+            model, spec, spec.arch, rgb, lab, weight, g, n, phase.lr, phase.schedule,
+            progress, f"phase {k}",
         )
-        save_checkpoint(model, phase1, {"phase": 1, "iters": n1}, fp16=True)
-        load_checkpoint(model, phase1)  # phase 2 always starts from the fp16 file (resumable)
-    if spec.iters2:
-        torch.manual_seed(seed + 1)
-        g2 = torch.Generator().manual_seed(seed + 1)
-        log["phase2_loss"] = _run_phase(
-            model,
-            spec,
-            spec.arch,
-            rgb,
-            lab,
-            weight,
-            g2,
-            spec.iters2,
-            spec.lr2,
-            "cosine",
-            progress,
-            "phase 2",
-        )
+        save_checkpoint(model, ckpt, {"phase": k, "iters": n}, fp16=True)
+        load_checkpoint(model, ckpt)  # the next phase starts from the fp16 file (resumable)
+        log["phases"].append({"phase": k, "iters": n, "final_loss": loss})
     model.eval()
-    log.update(iters=[spec.iters, spec.iters2], seconds=time.time() - t0)
+    log["seconds"] = time.time() - t0
     return model, log
 
 
