@@ -12,14 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from anomseg.data.classes import label_ids_to_train_ids
+from anomseg.data.cityscapes import CityscapesDataset
 from anomseg.errors import DatasetError, InputError
-from anomseg.synth.imageio import read_label, read_rgb
 from anomseg.synth.sources import BACKGROUND_SOURCES, Background
-
-IMG_SUFFIX = "_leftImg8bit.png"
-TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
-LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 
 
 @BACKGROUND_SOURCES.register("cityscapes")
@@ -47,28 +42,14 @@ class CityscapesBackgrounds:
                 raise InputError(f"cityscapes size: expected [width, height] > 0, got {size!r}")
             size = (int(size[0]), int(size[1]))
         self.size = size
-        self._items: dict[str, tuple[Path, Path, bool]] = {}
+        # discovery, pairing and label decoding are the dataset reader's; ids are ours
+        self._items: dict[str, tuple[CityscapesDataset, int]] = {}
         for sp in splits:
-            img_dir = self.root / "leftImg8bit" / sp
-            if not img_dir.is_dir():
-                raise DatasetError(
-                    f"Cityscapes images folder {img_dir} does not exist (expected "
-                    f"<root>/leftImg8bit/<split>/<city>/*{IMG_SUFFIX})"
-                )
-            for img in sorted(img_dir.glob(f"*/*{IMG_SUFFIX}")):
-                city = img.parent.name
-                if cities is not None and city not in cities:
-                    continue
-                frame = img.name[: -len(IMG_SUFFIX)]
-                gt_dir = self.root / "gtFine" / sp / city
-                train_ids = gt_dir / f"{frame}{TRAIN_IDS_SUFFIX}"
-                label_ids = gt_dir / f"{frame}{LABEL_IDS_SUFFIX}"
-                if train_ids.is_file():
-                    self._items[f"{sp}/{city}/{frame}"] = (img, train_ids, True)
-                elif label_ids.is_file():
-                    self._items[f"{sp}/{city}/{frame}"] = (img, label_ids, False)
-                else:
-                    raise DatasetError(f"no label for {img}: expected {train_ids} or {label_ids}")
+            ds = CityscapesDataset(self.root, split=sp)
+            for i, smp in enumerate(ds.samples):
+                city = smp.image_path.parent.name
+                if cities is None or city in cities:
+                    self._items[f"{sp}/{city}/{smp.name}"] = (ds, i)
         self._ids = sorted(self._items)
 
     def ids(self) -> list[str]:
@@ -80,16 +61,11 @@ class CityscapesBackgrounds:
         item = self._items.get(background_id)
         if item is None:
             raise InputError(f"unknown Cityscapes background {background_id!r} under {self.root}")
-        img_path, lab_path, is_train_ids = item
-        rgb = read_rgb(img_path)
-        lab = read_label(lab_path)
-        if not is_train_ids:
-            lab = label_ids_to_train_ids(lab)
-        if lab.shape != rgb.shape[:2]:
-            raise DatasetError(
-                f"label {lab_path} is {lab.shape[1]}x{lab.shape[0]} but image {img_path} is "
-                f"{rgb.shape[1]}x{rgb.shape[0]}"
-            )
+        ds, i = item
+        try:
+            rgb, lab = ds.read_pair(i)
+        except InputError as exc:  # a broken source file is a dataset problem here
+            raise DatasetError(str(exc)) from None
         if self.size is not None and (rgb.shape[1], rgb.shape[0]) != self.size:
             from PIL import Image
 

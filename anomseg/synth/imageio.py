@@ -1,4 +1,4 @@
-"""Image reading and atomic writing for the paste engine (PIL; errors name the file)."""
+"""Image reading (via ``anomseg.imageio``) and deterministic, atomic writing for the paste engine."""
 
 from __future__ import annotations
 
@@ -9,49 +9,28 @@ from pathlib import Path
 
 import numpy as np
 
-from anomseg.errors import DatasetError
-
-
-def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        return Image.open(path)
-    except FileNotFoundError:
-        raise DatasetError(f"image {path} does not exist") from None
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}") from None
+from anomseg import imageio as _io
+from anomseg.errors import DatasetError, InputError
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8; unreadable files raise DatasetError naming them."""
-    path = Path(path)
-    im = _open(path)
+    """Read an image file as (H, W, 3) uint8; unreadable files raise DatasetError naming them.
+
+    Decoding (full decode, truncation and pixel-bomb checks) is ``anomseg.imageio``'s; a source
+    file that cannot be read is a dataset problem here, hence the error type.
+    """
     try:
-        with im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as exc:  # truncated data shows up on decode, not on open
-        raise DatasetError(f"cannot read image {path}: {exc}") from None
+        return _io.read_image(path)
+    except InputError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def read_label(path: str | Path) -> np.ndarray:
-    """Read a single-channel label PNG as (H, W) uint8 (values > 255 are an error)."""
-    path = Path(path)
-    im = _open(path)
+    """Read a single-channel label PNG as (H, W) uint8 (see ``read_rgb`` for errors)."""
     try:
-        with im:
-            if im.mode in ("RGB", "RGBA"):
-                raise DatasetError(f"label image {path} has mode {im.mode}; expected one channel")
-            arr = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}") from None
-    if arr.ndim != 2:
-        raise DatasetError(f"label image {path} has shape {arr.shape}; expected (H, W)")
-    if arr.dtype != np.uint8:
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise DatasetError(f"label image {path} has values outside 0..255")
-        arr = arr.astype(np.uint8)
-    return arr
+        return _io.read_label(path)
+    except InputError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def encode_image(arr: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
