@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -91,16 +91,19 @@ def check_metric_mode(mode: str) -> str:
     return mode
 
 
-def parse_methods(methods: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
+def parse_methods(
+    methods: Sequence[str], extra: Mapping[str, Any] | None = None
+) -> list[tuple[str, str, dict[str, Any]]]:
     """Method specs -> (canonical spec, scorer name, params); unknown names / parameters and
-    out-of-range values are InputErrors raised here, before any forward pass."""
+    out-of-range values are InputErrors raised here, before any forward pass. ``extra`` holds
+    scorers known only to this run (learned heads, ``head:N``)."""
     from anomseg import scoring
 
     out = []
     seen: set[str] = set()
     for spec in methods:
-        name, params = scoring.parse_method(spec)
-        scoring.get_scorer(name).resolve_params(params)  # range check now, not mid-run
+        name, params = scoring.parse_method(spec, extra)
+        scoring.get_scorer(name, extra).resolve_params(params)  # range check now, not mid-run
         canon = scoring.format_method(name, params)
         if canon in seen:
             continue
@@ -123,13 +126,15 @@ def _per_image_values(result: dict[str, float]) -> dict[str, float]:
     return {k: float(result[k]) for k in ("auprc", "fpr95", "auroc") if k in result}
 
 
-def method_scores(name: str, params: dict[str, Any], prediction: Any) -> np.ndarray:
+def method_scores(
+    name: str, params: dict[str, Any], prediction: Any, extra: Mapping[str, Any] | None = None
+) -> np.ndarray:
     """The anomaly map of one method, oriented so that higher = more anomalous for the metrics
     (a statistic registered as ``inverted``, such as ``stat_max_prob``, is negated)."""
     from anomseg import scoring
 
-    s = scoring.score(name, prediction, **params)
-    return -s if scoring.get_scorer(name).inverted else s
+    s = scoring.score(name, prediction, extra, **params)
+    return -s if scoring.get_scorer(name, extra).inverted else s
 
 
 def evaluate(
@@ -143,11 +148,13 @@ def evaluate(
     skip_without_anomaly: bool = True,
     per_image: bool = True,
     on_image: Callable[[str, int, int], None] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> list[EvalRow]:
     """Evaluate every method on every dataset from ONE forward per image; rows dataset x method.
 
     ``on_image(dataset_name, done, total)`` is called once per image, after its forward (job
-    progress bars; it may raise to cancel the run).
+    progress bars; it may raise to cancel the run). ``extra`` maps names such as ``head:3`` to
+    scorer specs known only to this run (``anomseg.models.heads.head_spec``).
     """
     from tqdm.auto import tqdm
 
@@ -155,7 +162,7 @@ def evaluate(
     from anomseg.metrics import per_image as per_image_metrics
 
     check_metric_mode(metric_mode)
-    specs = parse_methods(methods)
+    specs = parse_methods(methods, extra)
     rows: list[EvalRow] = []
     for ds in datasets:
         metrics = {canon: AnomalyMetrics(mode=metric_mode) for canon, _, _ in specs}
@@ -188,7 +195,7 @@ def evaluate(
             n_used += 1
             for canon, sname, params in specs:
                 t0 = time.perf_counter()
-                s = method_scores(sname, params, pred)
+                s = method_scores(sname, params, pred, extra)
                 lab = _label_at(label, s.shape)
                 if per_image:
                     vals = _per_image_values(per_image_metrics(s, lab)) if n_anom else {}

@@ -401,7 +401,9 @@ def score(
     return out
 
 
-def parse_method(spec: str) -> tuple[str, dict[str, float]]:
+def parse_method(
+    spec: str, extra: Mapping[str, ScorerSpec] | None = None
+) -> tuple[str, dict[str, float]]:
     """``"msp:T=2.0"`` -> ("msp", {"T": 2.0}); ``"head:v3"`` -> ("head:v3", {}).
 
     Grammar: ``name[:part]*``; a part holding ``=`` is a parameter ``key=number``, any other part
@@ -437,7 +439,7 @@ def parse_method(spec: str) -> tuple[str, dict[str, float]]:
     if not name_parts:
         raise InputError(f"method {spec!r} has no name; expected e.g. msp:T=2.0")
     name = ":".join(name_parts)
-    spec_obj = get_scorer(name)
+    spec_obj = get_scorer(name, extra)
     for key in params:
         spec_obj.param(key)  # unknown parameter -> InputError now, not mid-evaluation
     return name, params

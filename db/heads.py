@@ -189,3 +189,27 @@ def list_head_versions(session: Session, model_id: int) -> list[HeadVersion]:
             .order_by(HeadVersion.version.desc())
         )
     )
+
+
+def head_checkpoint_for(session: Session, model_sha256: str, version: int) -> tuple[str, str]:
+    """(model name, head checkpoint path) of head ``version`` of the registered model whose
+    checkpoint has this sha256: how ``anomseg eval --methods head:N`` finds a head from a
+    checkpoint file alone."""
+    models = list(session.scalars(select(Model).where(Model.checkpoint_sha256 == model_sha256)))
+    if not models:
+        raise InputError(
+            f"no registered model has a checkpoint with sha256 {model_sha256[:12]}…; register it "
+            "(`anomseg register model`) and train a head (`anomseg train`) first"
+        )
+    tried = []
+    for m in models:
+        head = session.scalar(
+            select(HeadVersion).where(HeadVersion.model_id == m.id, HeadVersion.version == version)
+        )
+        if head is not None and head.status == "ready" and head.checkpoint_path:
+            return m.name, head.checkpoint_path
+        tried.append(m.name)
+    raise InputError(
+        f"head:{version}: model(s) {', '.join(tried)} with this checkpoint have no ready head "
+        f"version {version}"
+    )

@@ -231,3 +231,100 @@ def test_evaluate_segmentation_miou_equals_numpy(tmp_path):
     )
     assert res["n_images"] == 3
     assert res["miou"] == pytest.approx(np.mean(ious), abs=1e-9)
+
+
+@pytest.fixture()
+def head_store(tmp_path):
+    """A workspace store with the tiny model registered and a stats head v1 trained for it."""
+    from anomseg.models.checkpoints import save_checkpoint
+    from anomseg.models.heads import create_head, save_head
+    from db import catalog
+    from db import heads as dbheads
+    from db.engine import Store
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(TinySeg(), ckpt, {"architecture": "tiny-eval"})
+    sha = catalog.sha256_file(ckpt)
+    torch.manual_seed(3)
+    head = create_head("stats")
+    head_path = tmp_path / "ws" / "heads" / "tiny-v1.safetensors"
+    digest = save_head(head, head_path, model="tiny", model_sha256=sha, version=1)
+    store = Store.open(workspace=tmp_path / "ws")
+    with store.session() as s:
+        m = catalog.register_model(s, "tiny", "tiny-eval", ckpt)
+        hv = dbheads.create_head_version(s, m.id, "stats")
+        dbheads.finish_head_version(
+            s, hv.id, checkpoint_path=str(head_path), checkpoint_sha256=digest
+        )
+    store.close()
+    return ckpt, head, head_path, tmp_path / "ws"
+
+
+def _head_reference(root, head) -> dict[str, float]:
+    """Independent: torchvision resize, numpy softmax statistics, the head's own MLP, sklearn."""
+    model = TinySeg()
+    tf = Compose([Resize(SIZE, InterpolationMode.BILINEAR), ToTensor()])
+    tl = Resize(SIZE, InterpolationMode.NEAREST)
+    scores, labels = [], []
+    for i in range(4):
+        lab = np.array(tl(Image.open(root / "labels_masks" / f"{i}.png")))
+        if not (lab == 1).any():
+            continue
+        with torch.no_grad():
+            z = model.conv(tf(Image.open(root / "images" / f"{i}.png")).unsqueeze(0))[0]
+        z = z.double().numpy()
+        p = np.exp(z - z.max(0)) / np.exp(z - z.max(0)).sum(0)
+        ent = -(p * np.log(np.maximum(p, 1e-300))).sum(0)
+        stats = np.stack([p.max(0), ent, p.sum(0), 1 - p.max(0)]).astype(np.float32)
+        with torch.no_grad():
+            s = torch.sigmoid(head.eval().mlp(torch.from_numpy(stats)[None]))[0, 0].numpy()
+        scores.append(s.ravel())
+        labels.append(lab.ravel())
+    y, s = np.concatenate(labels), np.concatenate(scores)
+    v = y != 255
+    return {"auprc": average_precision_score(y[v] == 1, s[v])}
+
+
+def test_cli_eval_scores_a_stored_head_by_version_and_by_file(bench, head_store, tmp_path):
+    ckpt, head, head_path, ws = head_store
+    ref = _head_reference(bench, head)
+    for method, where in (("head:1", ["--workspace", str(ws)]), (f"head:{head_path}", [])):
+        out = tmp_path / "h.json"
+        rc = main(
+            ["eval", "--model", "tiny-eval", "--checkpoint", str(ckpt), "--dataset", str(bench),
+             "--methods", f"msp,{method}", "--input-size", "24x40", "--out", str(out),
+             "--no-progress", "--workers", "0", *where]
+        )  # fmt: skip
+        assert rc == 0
+        rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+        assert abs(rows[method]["auprc"] - ref["auprc"]) < 1e-5
+        assert rows[method]["auprc"] != rows["msp"]["auprc"]
+
+
+def test_cli_eval_refuses_a_head_of_another_model_or_a_missing_version(
+    bench, head_store, tmp_path, capsys
+):
+    from anomseg.models.checkpoints import save_checkpoint
+
+    ckpt, _head, head_path, ws = head_store
+    other = TinySeg()
+    with torch.no_grad():
+        other.conv.bias.add_(1.0)
+    other_ckpt = tmp_path / "other.safetensors"
+    save_checkpoint(other, other_ckpt, {"architecture": "tiny-eval"})
+    base = ["eval", "--model", "tiny-eval", "--dataset", str(bench), "--no-progress"]
+    cases = [
+        (["--checkpoint", str(ckpt), "--methods", "head:7", "--workspace", str(ws)],
+         "no ready head version 7"),
+        (["--checkpoint", str(other_ckpt), "--methods", "head:1", "--workspace", str(ws)],
+         "no registered model has a checkpoint"),
+        (["--checkpoint", str(other_ckpt), "--methods", f"head:{head_path}"],
+         "was trained for the checkpoint"),
+        (["--methods", "head:1", "--workspace", str(ws)], "need --checkpoint"),
+        (["--checkpoint", str(ckpt), "--methods", "head:latest", "--workspace", str(ws)],
+         "expected head:N"),
+    ]  # fmt: skip
+    for args, needle in cases:
+        rc = main([*base, *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and "Traceback" not in err, (args, err)

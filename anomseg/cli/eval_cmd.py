@@ -56,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also score images without anomaly pixels (the seed skips them)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workspace", help="store that holds the heads named by head:N (default ./workspace)"
+    )
+    where.add_argument("--url", help="database URL of that store instead of a workspace folder")
 
 
 def parse_size(text: str | None) -> tuple[int, int] | str | None:
@@ -160,6 +165,61 @@ def format_table(rows: list[Any]) -> str:
     return "\n".join(lines)
 
 
+def head_scorers(
+    methods: list[str], checkpoint: str | None, workspace: str | None, url: str | None
+) -> dict[str, Any]:
+    """Scorer specs for the learned heads among ``methods``.
+
+    ``head:N`` is version N of the head of the registered model whose checkpoint file has the
+    same sha256 as ``--checkpoint`` (so the head is never applied to another model's
+    predictions); ``head:PATH.safetensors`` is a head file, checked against the same hash.
+    """
+    from anomseg.models.heads import head_spec, load_head
+
+    names = [m.split(":", 2) for m in methods if m.strip().startswith("head:")]
+    if not names:
+        return {}
+    if checkpoint is None:
+        raise InputError("head:N methods need --checkpoint: the model the head was trained for")
+    from db.catalog import sha256_file
+
+    sha = sha256_file(checkpoint)
+    out: dict[str, Any] = {}
+    for _, suffix, *_ in names:
+        suffix = suffix.strip()
+        if suffix.endswith(".safetensors"):
+            path, owner = Path(suffix), None
+            if not path.is_file():
+                raise InputError(f"head:{suffix}: file not found")
+        else:
+            if not suffix.isdigit():
+                raise InputError(
+                    f"head:{suffix}; expected head:N (a version number) or head:FILE.safetensors"
+                )
+            from db import heads as dbheads
+            from db.engine import Store
+
+            if url is None and not Path(workspace or "workspace").is_dir():
+                raise InputError(f"head:{suffix}: workspace {workspace or 'workspace'} not found")
+            store = Store.open(url=url, workspace=workspace or "workspace")
+            try:
+                with store.read() as s:
+                    owner, ckpt = dbheads.head_checkpoint_for(s, sha, int(suffix))
+            finally:
+                store.close()
+            path = Path(ckpt)
+        head, meta = load_head(path)
+        if meta.get("model_sha256") not in (None, sha):
+            raise InputError(
+                f"head:{suffix} was trained for the checkpoint with sha256 "
+                f"{str(meta['model_sha256'])[:12]}…, not {checkpoint} ({sha[:12]}…)"
+            )
+        name = f"head:{suffix}"
+        label = f"{name} ({meta['kind']}{', ' + owner if owner else ''})"
+        out[name] = head_spec(name, head, label=label)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate everything, build the model once, evaluate, print, write."""
     from anomseg.data.benchmark import BenchmarkDataset
@@ -170,7 +230,12 @@ def run(args: argparse.Namespace) -> int:
     # cheap checks first: a typo must not cost a model load or a half-finished run
     size = parse_size(args.input_size)
     methods = split_methods(args.methods)
-    parse_methods(methods)
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise InputError(f"--checkpoint {args.checkpoint}: file not found")
+    extra = head_scorers(
+        methods, args.checkpoint, getattr(args, "workspace", None), getattr(args, "url", None)
+    )
+    parse_methods(methods, extra)
     check_metric_mode(args.metric_mode)
     out = check_out(args.out)
     if args.batch_size < 1:
@@ -185,9 +250,6 @@ def run(args: argparse.Namespace) -> int:
         if names.count(d.name) > 1:
             d.name = f"{Path(d.root).parent.name}/{d.name}"
             names[i] = d.name
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise InputError(f"--checkpoint {args.checkpoint}: file not found")
-
     model = create_model(args.model, checkpoint=args.checkpoint)
     if args.checkpoint is None:
         print(f"warning: no --checkpoint given; {args.model} runs with its initial weights",
@@ -202,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         skip_without_anomaly=not args.all_images,
+        extra=extra,
     )
     print(format_table(rows))
     skipped = {r.dataset: r.n_skipped for r in rows if r.n_skipped}
