@@ -250,3 +250,39 @@ def test_methods_cli_lists_parameters(capsys):
     assert "T=1 [0.01, 100]" in msp_line
     rba_line = next(line for line in out.splitlines() if line.startswith("rba "))
     assert "pixel_class_logits" in rba_line
+
+
+@pytest.mark.parametrize("mask_model", [False, True])
+@pytest.mark.parametrize("hw", [(40, 64), (24, 1280)])
+def test_block_wise_scores_equal_whole_map_textbook_bit_for_bit(monkeypatch, mask_model, hw):
+    """Scorers reduce the logits in blocks; every value must be the one the whole-map textbook
+    expression gives (a last-bit change reorders ties and moves AuPRC)."""
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(19, *hw, generator=g) * 4
+    monkeypatch.setattr(scoring, "ROW_BLOCK_BYTES", 19 * 4 * 256 * 3)  # blocks of 768 pixels
+    if mask_model:
+        z = z.sigmoid()
+        pcl = torch.randn(19, 37, 53, generator=g)
+        pred = Prediction(z, pixel_class_logits=pcl)
+        p = z.clamp_min(0.0)
+        assert torch.equal(torch.from_numpy(scoring.rba(pred)), -torch.tanh(pcl).sum(0))
+    else:
+        pred = Prediction(z)
+        p = torch.softmax(z, 0)
+    lse = torch.logsumexp(z, 0)
+    whole = {
+        "msp": 1.0 - torch.softmax(z, 0).amax(0),
+        "energy": -lse,
+        "entropy": (lse - (torch.exp(z - lse) * z).sum(0)).clamp_min(0) / math.log(19),
+        "stat_max_prob": p.amax(0),
+        "stat_entropy": -torch.special.xlogy(p, p).sum(0),
+        "stat_sum_prob": p.sum(0),
+        "stat_one_minus_max": 1.0 - p.amax(0),
+    }
+    for name, ref in whole.items():
+        got = torch.from_numpy(scoring.score(name, pred))
+        assert torch.equal(got, ref), name
+    stats = scoring.uncertainty_stats(pred)
+    assert torch.equal(
+        stats, torch.stack([p.amax(0), whole["stat_entropy"], p.sum(0), 1 - p.amax(0)])
+    )
