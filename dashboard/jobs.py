@@ -134,13 +134,10 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
     ``anomseg.evaluate`` (label resized nearest to the scoring size, images without anomaly
     pixels skipped); results, with per-image figures, go to the leaderboard.
     """
-    import time
-
     from anomseg import scoring
     from anomseg.data.benchmark import BenchmarkDataset
-    from anomseg.imageio import resize_label
-    from anomseg.metrics import AnomalyMetrics, per_image
-    from anomseg.models.heads import head_scorer, load_head
+    from anomseg.evaluate import evaluate
+    from anomseg.models.heads import head_spec, load_head
     from db import catalog
     from db import heads as dbheads
     from db.workspace import Workspace
@@ -170,61 +167,46 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
             )
         if not sets:
             raise InputError("no eval dataset is registered")
-        scorers: dict[str, Any] = {}
-        for spec in ctx.params.get("methods") or POSTHOC_METHODS:
-            name, params = scoring.parse_method(spec)
-            scorers[scoring.format_method(name, params)] = lambda p, name=name, params=params: (
-                scoring.score(name, p, **params)
-            )
+        extra = {}
         for version, kind, path in heads:
             head, _meta = load_head(path, kind=kind)
-            scorers[f"head:{version}"] = head_scorer(head)
-        total = sum(1 for _ in sets)
+            extra[f"head:{version}"] = head_spec(f"head:{version}", head)
+        methods = [*(ctx.params.get("methods") or POSTHOC_METHODS), *extra]
+        total, done_methods = len(sets), set()
         for k, (ds_id, ds_name, root, remap) in enumerate(sets):
             ds = BenchmarkDataset(
                 Path(root), remap={int(a): int(b) for a, b in remap.items()} if remap else "auto"
             )
-            acc = {n: AnomalyMetrics(mode="exact") for n in scorers}
-            per: dict[str, list] = {n: [] for n in scorers}
-            skipped: set[str] = set()
-            t0, n_used = time.perf_counter(), 0
-            for i, (name, pred, label) in enumerate(predictor.predict_dataset(ds)):
-                ctx.progress(
-                    (k + i / max(len(ds), 1)) / total, f"{model} on {ds_name}: {i + 1}/{len(ds)}"
-                )
-                lab = label if label.shape == pred.size else resize_label(label, pred.size)
-                if not (lab == 1).any():
+            if not len(ds):
+                continue
+            # methods this model cannot feed (rba on a pixel model) are left out, not failed;
+            # the probe is the first image's forward, which the evaluation reuses from the cache
+            probe = predictor.predict(ds[0][0])
+            usable = [
+                m for m in methods
+                if scoring.get_scorer(scoring.parse_method(m, extra)[0], extra).applicable(probe)
+            ]  # fmt: skip
+
+            def on_image(_name: str, done: int, n: int, k: int = k, ds_name: str = ds_name):
+                ctx.progress((k + done / max(n, 1)) / total, f"{model} on {ds_name}: {done}/{n}")
+
+            rows = evaluate(predictor, [ds], usable, progress=False, on_image=on_image, extra=extra)
+            for r in rows:
+                if not r.n_images:
                     continue
-                n_used += 1
-                for mname, fn in scorers.items():
-                    try:
-                        amap = np.asarray(fn(pred), dtype=np.float32)
-                    except InputError:
-                        skipped.add(mname)  # e.g. rba on a pixel model
-                        continue
-                    acc[mname].update(amap, lab)
-                    one = per_image(amap, lab)
-                    per[mname].append(
-                        {"name": name, **{m: float(one[m]) for m in ("auprc", "fpr95", "auroc")}}
-                    )
-            seconds = time.perf_counter() - t0
-            for mname in scorers:
-                if mname in skipped or not n_used:
-                    continue
-                res = acc[mname].compute()
-                metrics = {m: float(res[m]) for m in ("auprc", "fpr95", "auroc")}
                 row = {
                     "model_id": model_id,
-                    "method": mname,
+                    "method": r.method,
                     "dataset_id": ds_id,
-                    "metrics": metrics,
-                    "n_images": n_used,
-                    "per_image": per[mname],
-                    "seconds": seconds / len(scorers),
+                    "metrics": {"auprc": r.auprc, "fpr95": r.fpr95, "auroc": r.auroc},
+                    "n_images": r.n_images,
+                    "per_image": r.per_image,
+                    "seconds": r.seconds,
                 }
                 ctx.store.transact(lambda s, row=row: _add_result(s, row))
-        ctx.progress(1.0, f"evaluated {len(scorers)} methods on {total} datasets")
-        return {"datasets": total, "methods": list(scorers)}
+                done_methods.add(r.method)
+        ctx.progress(1.0, f"evaluated {len(done_methods)} methods on {total} datasets")
+        return {"datasets": total, "methods": sorted(done_methods)}
     finally:
         ws.close()
 
