@@ -166,6 +166,9 @@ def test_cli_eval_writes_json_and_csv_matching_sklearn(bench, tmp_path, capsys):
         assert abs(rows[m]["auprc"] - ref[m]["auprc"]) < 1e-6
         assert abs(float(crow[m]["fpr95"]) - ref[m]["fpr95"]) < 1e-6
         assert crow[m]["input_size"] == "24x40" and crow[m]["n_images"] == "3"
+        # the JSON keeps the per-image drill-down (computed only when a JSON is written)
+        per = rows[m]["per_image"]
+        assert len(per) == 3 and all(0 < p["auprc"] <= 1 for p in per)
 
 
 @pytest.mark.parametrize(

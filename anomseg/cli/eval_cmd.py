@@ -265,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         skip_without_anomaly=not args.all_images,
         extra=extra,
+        # per-image values cost a sort per image and method; only a JSON output holds them
+        per_image=out is not None and out.suffix.lower() == ".json",
     )
     print(format_table(rows))
     skipped = {r.dataset: r.n_skipped for r in rows if r.n_skipped}
