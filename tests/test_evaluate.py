@@ -288,10 +288,17 @@ def _head_reference(root, head) -> dict[str, float]:
     return {"auprc": average_precision_score(y[v] == 1, s[v])}
 
 
-def test_cli_eval_scores_a_stored_head_by_version_and_by_file(bench, head_store, tmp_path):
+def test_cli_eval_scores_a_stored_head_by_version_and_by_file(
+    bench, head_store, tmp_path, monkeypatch
+):
     ckpt, head, head_path, ws = head_store
     ref = _head_reference(bench, head)
-    for method, where in (("head:1", ["--workspace", str(ws)]), (f"head:{head_path}", [])):
+    for method, where in (
+        ("head:1", ["--workspace", str(ws)]),
+        ("head:1", []),  # found through $ANOMSEG_WORKSPACE, like every other command
+        (f"head:{head_path}", []),
+    ):
+        monkeypatch.setenv("ANOMSEG_WORKSPACE", str(ws))
         out = tmp_path / "h.json"
         rc = main(
             ["eval", "--model", "tiny-eval", "--checkpoint", str(ckpt), "--dataset", str(bench),

@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     where = p.add_mutually_exclusive_group()
     where.add_argument(
-        "--workspace", help="store that holds the heads named by head:N (default ./workspace)"
+        "--workspace",
+        help="store that holds the heads named by head:N (default $ANOMSEG_WORKSPACE or ./workspace)",
     )
     where.add_argument("--url", help="database URL of that store instead of a workspace folder")
 
@@ -199,9 +200,11 @@ def head_scorers(
             from db import heads as dbheads
             from db.engine import Store
 
-            if url is None and not Path(workspace or "workspace").is_dir():
-                raise InputError(f"head:{suffix}: workspace {workspace or 'workspace'} not found")
-            store = Store.open(url=url, workspace=workspace or "workspace")
+            # the same default as every other command: $ANOMSEG_WORKSPACE, else ./workspace
+            root = workspace or os.environ.get("ANOMSEG_WORKSPACE") or "workspace"
+            if url is None and not Path(root).is_dir():
+                raise InputError(f"head:{suffix}: workspace {root} not found")
+            store = Store.open(url=url, workspace=root)
             try:
                 with store.read() as s:
                     owner, ckpt = dbheads.head_checkpoint_for(s, sha, int(suffix))
