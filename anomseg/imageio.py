@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from anomseg.errors import InputError
+from anomseg.hashing import file_sha256
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_PIXELS_ENV = "ANOMSEG_MAX_PIXELS"
@@ -204,11 +205,7 @@ def image_sha256(path: str | os.PathLike) -> str:
     """sha256 hex digest of a file's bytes."""
     path = Path(path)
     _check_file(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def array_sha256(arr: np.ndarray) -> str:

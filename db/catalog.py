@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -12,19 +11,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from anomseg.errors import DatasetError, InputError
+from anomseg.hashing import file_sha256
 from db.models import DATASET_ROLES, EVAL_ROLES, Dataset, Image, Model
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's content."""
-    h = hashlib.sha256()
+    """Hex sha256 of a file's content; an unreadable file is a DatasetError naming it."""
     try:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
+        return file_sha256(path, chunk)
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return h.hexdigest()
 
 
 def _check_role(role: str) -> None:

@@ -1,7 +1,7 @@
 """Model architectures behind one registry: ``create_model(name, checkpoint=None, **kw)``."""
 
+from anomseg.hashing import file_sha256
 from anomseg.models.checkpoints import (
-    file_sha256,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,

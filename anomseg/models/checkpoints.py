@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -28,15 +27,6 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "module", "net")
 STRIP_PREFIXES = ("module.", "network.", "model.", "_orig_mod.")
 MAX_LISTED = 10
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sidecar_path(path: str | Path) -> Path:
