@@ -201,15 +201,20 @@ def head_checkpoint_for(session: Session, model_sha256: str, version: int) -> tu
             f"no registered model has a checkpoint with sha256 {model_sha256[:12]}…; register it "
             "(`anomseg register model`) and train a head (`anomseg train`) first"
         )
-    tried = []
-    for m in models:
-        head = session.scalar(
-            select(HeadVersion).where(HeadVersion.model_id == m.id, HeadVersion.version == version)
+    ready = session.execute(
+        select(Model.name, HeadVersion.checkpoint_path)
+        .join(HeadVersion, HeadVersion.model_id == Model.id)
+        .where(
+            Model.id.in_([m.id for m in models]),
+            HeadVersion.version == version,
+            HeadVersion.status == "ready",
+            HeadVersion.checkpoint_path.is_not(None),
         )
-        if head is not None and head.status == "ready" and head.checkpoint_path:
-            return m.name, head.checkpoint_path
-        tried.append(m.name)
-    raise InputError(
-        f"head:{version}: model(s) {', '.join(tried)} with this checkpoint have no ready head "
-        f"version {version}"
-    )
+    ).first()
+    if ready is None:
+        names = ", ".join(m.name for m in models)
+        raise InputError(
+            f"head:{version}: model(s) {names} with this checkpoint have no ready head "
+            f"version {version}"
+        )
+    return ready.name, ready.checkpoint_path

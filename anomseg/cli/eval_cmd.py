@@ -177,17 +177,18 @@ def head_scorers(
     """
     from anomseg.models.heads import head_spec, load_head
 
-    names = [m.split(":", 2) for m in methods if m.strip().startswith("head:")]
-    if not names:
+    suffixes = [
+        m.strip().partition(":")[2].strip() for m in methods if m.strip().startswith("head:")
+    ]
+    if not suffixes:
         return {}
     if checkpoint is None:
         raise InputError("head:N methods need --checkpoint: the model the head was trained for")
-    from db.catalog import sha256_file
+    from anomseg.hashing import file_sha256
 
-    sha = sha256_file(checkpoint)
+    sha = file_sha256(checkpoint)
     out: dict[str, Any] = {}
-    for _, suffix, *_ in names:
-        suffix = suffix.strip()
+    for suffix in suffixes:
         if suffix.endswith(".safetensors"):
             path, owner = Path(suffix), None
             if not path.is_file():
