@@ -198,26 +198,6 @@ def msp_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     return by_rows(lambda z: 1.0 - torch.softmax(z / T, dim=0).amax(0), _f32(logits))
 
 
-def maxlogit_t(logits: torch.Tensor) -> torch.Tensor:
-    """-max logit over channels."""
-    return -_f32(logits).amax(0)
-
-
-def _entropy_block(z: torch.Tensor) -> torch.Tensor:
-    logp = torch.log_softmax(z, dim=0)
-    return -(logp.exp() * logp).sum(0)
-
-
-def entropy_t(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) over channels, divided by log C (in [0, 1])."""
-    return by_rows(_entropy_block, _f32(logits)) / math.log(logits.shape[0])
-
-
-def energy_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
-    """Free energy -T * logsumexp(logits / T) over channels."""
-    return by_rows(lambda z: -T * torch.logsumexp(z / T, dim=0), _f32(logits))
-
-
 def rba_t(pixel_class_logits: torch.Tensor) -> torch.Tensor:
     """RbA: -sum_k tanh(s_k) over the per-pixel class logits s."""
     return by_rows(lambda s: -torch.tanh(s).sum(0), _f32(pixel_class_logits))
