@@ -96,3 +96,132 @@ def test_training_is_reproducible_and_resumes_only_its_own_phases(tmp_path):
     d, log_d = run("a", other)
     assert [p.get("resumed", False) for p in log_d["phases"]] == [True, False]
     assert any(not torch.equal(a[k], d[k]) for k in a if a[k].is_floating_point())
+
+
+def test_an_outlier_phase_trains_on_pastes_and_needs_a_pasted_pool(tmp_path):
+    import dataclasses
+
+    from anomseg.world import train_models as tm
+
+    torch.set_num_threads(1)
+    spec = dataclasses.replace(
+        DEMO_MODELS["demo-erfnet"],
+        phases=(tm.Phase("onecycle", 2, 2e-3), tm.Phase("cosine", 2, 1e-3, outliers=True)),
+        batch=2,
+    )
+    clean = tm.make_pool(range(2), workers=1)
+    with pytest.raises(ValueError, match="pasted=True"):
+        tm.train_one(spec, None, pool=clean, work_dir=tmp_path / "a")
+    pool = tm.make_pool(range(2), workers=1, pasted=True)
+    assert len(pool) == 4
+    assert torch.equal(pool[0], clean[0]) and torch.equal(pool[1], clean[1])
+    rgb, lab, prgb, plab = pool
+    ood = plab == tm.OOD
+    assert ood.any() and not (lab == tm.OOD).any()
+    # pasted pixels show the object, not the street; untouched pixels keep the street's class
+    assert (prgb - rgb.int()).abs().sum(1)[ood].float().mean() > 10
+    same = (plab != tm.OOD) & (plab != 255)
+    assert torch.equal(plab[same], lab[same])
+    _, log = tm.train_one(spec, None, pool=pool, work_dir=tmp_path / "b")
+    assert [p["outliers"] for p in log["phases"]] == [False, True]
+
+
+def _pixel_loop_loss(out: np.ndarray, lab: np.ndarray, weight: np.ndarray, ood_label: int, oe):
+    """Weighted cross-entropy + outlier exposure, pixel by pixel (the independent reference)."""
+    num, den, oe_sum, n_ood = 0.0, 0.0, 0.0, 0
+    b, c, h, w = out.shape
+    for i in range(b):
+        for y in range(h):
+            for x in range(w):
+                z = out[i, :, y, x].astype(np.float64)
+                t = lab[i, y, x]
+                if t == ood_label:
+                    z19 = z[:19]  # the void output is no class to be uncertain between
+                    logp = z19 - z19.max() - np.log(np.exp(z19 - z19.max()).sum())
+                    oe_sum += -logp[weight[:19] > 0].mean()  # uniform over the taught classes
+                    n_ood += 1
+                elif t != 255:
+                    logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+                    num += weight[t] * -logp[t]
+                    den += weight[t]
+    return num / den + oe * oe_sum / n_ood
+
+
+def test_training_loss_matches_a_pixel_loop_and_is_lowest_when_pastes_are_uniform():
+    from anomseg.world import train_models as tm
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(2, 20, 4, 6, generator=g) * 3
+    lab = torch.randint(0, 19, (2, 4, 6), generator=g)
+    lab[0, 1, 2:5] = tm.OOD
+    lab[1, 3, 0] = tm.OOD
+    lab[1, 0, 0] = 255
+    weight = torch.rand(19, generator=g) + 0.2
+    weight[[3, 15]] = 0  # classes the data never holds (the world draws no wall, no bus)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, x):
+            return self.logits
+
+    got = tm._loss(Fixed(out), "erfnet", None, lab, weight)
+    w20 = np.concatenate([weight.numpy(), [0.0]])
+    want = _pixel_loop_loss(out.numpy(), lab.numpy(), w20, tm.OOD, tm.OE_WEIGHT)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    # flattening the 19 class logits on pasted pixels lowers the loss; sharpening raises it
+    ood = (lab == tm.OOD)[:, None].expand_as(out).clone()
+    ood[:, 19:] = False
+    flat, sharp = out.clone(), out.clone()
+    flat[ood] = 0.0
+    sharp[ood] = out[ood] * 3
+    assert float(tm._loss(Fixed(flat), "erfnet", None, lab, weight)) < float(got)
+    assert float(tm._loss(Fixed(sharp), "erfnet", None, lab, weight)) > float(got)
+
+
+def test_logit_adjustment_picks_the_best_alpha_and_folds_it_into_the_bias():
+    from sklearn.metrics import confusion_matrix
+
+    from anomseg.world import train_models as tm
+
+    class Linear(torch.nn.Module):
+        """A 1x1 convolution: its bias is the last layer's bias, as in ERFNet."""
+
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Conv2d(3, 20, 1)
+
+        def predict_batch(self, x):
+            return {"logits": self.head(x)}
+
+    torch.manual_seed(0)
+    model = Linear()
+    rgb = torch.randint(0, 256, (10, 3, 8, 12), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model.predict_batch(rgb.float() / 255)["logits"][:, :19]
+    # labels: the model's own argmax after a known tilt, plus noise, so some alpha > 0 helps
+    weight = torch.linspace(0.3, 3.0, 19)
+    lab = (before - 0.6 * weight.log()[:, None, None]).argmax(1)
+    lab[:, ::3] = torch.randint(0, 19, lab[:, ::3].shape)
+    lab[0, 0, 0] = 255
+
+    def miou(pred):
+        keep = lab != 255
+        cm = confusion_matrix(lab[keep].numpy(), pred[keep].numpy(), labels=range(19))
+        tp = np.diag(cm)
+        union = cm.sum(0) + cm.sum(1) - tp
+        return (tp[union > 0] / union[union > 0]).mean()
+
+    log_w = weight.log()[:, None, None]
+    brute = {a: miou((before - a * log_w).argmax(1)) for a in tm.ADJUST_GRID}
+    res = tm.apply_logit_adjustment(model, "head.bias", rgb, lab, weight)
+    best = max(brute.values())
+    assert res["alpha"] == min(a for a in tm.ADJUST_GRID if brute[a] == best)
+    assert res["alpha"] > 0
+    for a in tm.ADJUST_GRID:
+        assert res["fit_miou"][str(a)] == pytest.approx(brute[a], abs=1e-4)
+    with torch.no_grad():
+        after = model.predict_batch(rgb.float() / 255)["logits"]
+    assert torch.allclose(after[:, :19], before - res["alpha"] * log_w, atol=1e-5)

@@ -10,7 +10,13 @@ import pytest
 from anomseg.data.classes import TRAIN_ID
 from anomseg.errors import InputError
 from anomseg.synth.sources import BACKGROUND_SOURCES, Background, BackgroundSource
-from anomseg.world.scenes import Thing, generate_scene, render_scene, scene_params
+from anomseg.world.scenes import (
+    WORLD_CLASSES,
+    Thing,
+    generate_scene,
+    render_scene,
+    scene_params,
+)
 
 SMALL = (128, 256)
 
@@ -64,6 +70,8 @@ def test_required_classes_appear_across_seeds(scenes):
         assert TRAIN_ID[name] in present, name
     assert present & {TRAIN_ID["wall"], TRAIN_ID["fence"]}
     assert present & {TRAIN_ID["truck"], TRAIN_ID["bus"]}
+    # ... and nothing outside the classes the world declares (its mIoU is taken over them)
+    assert present == set(WORLD_CLASSES)
 
 
 def test_road_below_and_sky_above_the_horizon(scenes):
