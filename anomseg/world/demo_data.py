@@ -190,6 +190,18 @@ def plan_pastes(background: Background, split: str, rng: np.random.Generator) ->
     return records
 
 
+def paste_split(
+    background: Background, split: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, list[PasteRecord]]:
+    """``background`` with the pastes ``split`` plans for it: (rgb, anomaly gt 0/1/255, records)."""
+    records = plan_pastes(background, split, rng)
+    if not records:
+        return background.rgb, np.zeros(background.labels.shape, np.uint8), records
+    bank = ObjectBank(SPECS[split].categories, *SPECS[split].objects)
+    r = render(background, records, {"bank": bank})
+    return r.rgb, r.gt, records
+
+
 def _write_png(path: Path, array: np.ndarray, level: int = 1) -> None:
     Image.fromarray(array).save(path, "PNG", compress_level=level)
 
@@ -209,14 +221,9 @@ def _make_one(task: tuple) -> dict:
         return entry
     rng = np.random.default_rng([int(seed), SPLIT_OFFSET[split], int(index), 0xD3A0])
     pasted = split != "train" or rng.random() < 0.5
-    records = plan_pastes(bg, split, rng) if pasted else []
-    if records:
-        r = render(
-            bg, records, {"bank": ObjectBank(SPECS[split].categories, *SPECS[split].objects)}
-        )
-        rgb, gt = r.rgb, r.gt
-    else:
-        rgb, gt = bg.rgb, np.zeros(size, np.uint8)
+    rgb, gt, records = (
+        paste_split(bg, split, rng) if pasted else (bg.rgb, np.zeros(size, np.uint8), [])
+    )
     if split == "demo-obstacles":
         # Like RoadObstacle21: only the road is evaluated.
         gt = np.where((bg.labels != TRAIN_ID["road"]) & (gt == 0), np.uint8(IGNORE), gt)

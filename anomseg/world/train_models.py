@@ -118,16 +118,11 @@ def _scene(seed: int, pasted: bool = False) -> tuple[np.ndarray, ...]:
     if not pasted:
         return out
     from anomseg.data.classes import IGNORE
-    from anomseg.synth.render import render
-    from anomseg.world.demo_data import SPECS, plan_pastes
-    from anomseg.world.objects import ObjectBank
+    from anomseg.world.demo_data import paste_split
 
-    records = plan_pastes(bg, "train", np.random.default_rng([seed, 0x0E]))
-    r = render(
-        bg, records, {"bank": ObjectBank(SPECS["train"].categories, *SPECS["train"].objects)}
-    )
-    labels = np.where(r.gt == 1, np.uint8(OOD), np.where(r.gt == 0, bg.labels, np.uint8(IGNORE)))
-    return out + (resize_image(r.rgb, TRAIN_SIZE), resize_label(labels, TRAIN_SIZE))
+    rgb, gt, _ = paste_split(bg, "train", np.random.default_rng([seed, 0x0E]))
+    labels = np.where(gt == 1, np.uint8(OOD), np.where(gt == 0, bg.labels, np.uint8(IGNORE)))
+    return out + (resize_image(rgb, TRAIN_SIZE), resize_label(labels, TRAIN_SIZE))
 
 
 def _stack(arrays, image: bool) -> torch.Tensor:
