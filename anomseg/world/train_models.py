@@ -217,11 +217,12 @@ def apply_logit_adjustment(
     return {"alpha": alpha, "fit_miou": {str(a): round(v, 4) for a, v in scores.items()}}
 
 
-def heldout_miou(model, seeds=HELDOUT_SEEDS) -> dict:
-    """mIoU of a model on held-out procedural scenes (classes present in the ground truth)."""
+def heldout_miou(model, pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """mIoU of a model on the held-out procedural scenes (``pool``: ``make_pool(HELDOUT_SEEDS)``
+    made once for several models), over every class with a non-empty union."""
     from anomseg.metrics import ConfusionMatrix
 
-    rgb, lab = make_pool(seeds)
+    rgb, lab = pool if pool is not None else make_pool(HELDOUT_SEEDS)
     cm = ConfusionMatrix(num_classes=19, ignore_index=255)
     for i, logits in _logits(model, rgb):
         cm.update(logits.argmax(1), lab[i : i + len(logits)].long())
@@ -422,6 +423,7 @@ def train_models(
             n: train_one(DEMO_MODELS[n], None, seed, iters, progress, pool, work)[1] for n in names
         }
     results = {}
+    heldout = make_pool(HELDOUT_SEEDS)
     for name in names:
         spec = DEMO_MODELS[name]
         model = create_model(spec.arch, **spec.options)
@@ -430,7 +432,7 @@ def train_models(
         if spec.adjust_bias:
             fit = pool[0][:ADJUST_SCENES], pool[1][:ADJUST_SCENES]
             adjust = apply_logit_adjustment(model, spec.adjust_bias, *fit, class_weights(pool[1]))
-        metrics = heldout_miou(model)
+        metrics = heldout_miou(model, heldout)
         meta = {
             "name": name,
             "architecture": spec.arch,
