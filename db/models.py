@@ -49,7 +49,7 @@ from anomseg.errors import InputError
 
 DATASET_ROLES = ("train", "synthetic", "eval", "heldout")
 EVAL_ROLES = ("eval", "heldout")  # never used for training, flags on them included
-HEAD_KINDS = ("stats", "features")
+HEAD_KINDS = ("stats", "features", "oe")  # oe: outlier exposure (0003)
 HEAD_STATUSES = ("training", "ready", "failed")
 SAMPLE_STATUSES = ("proposed", "accepted", "rejected")
 FLAG_KINDS = ("false_positive", "false_negative", "ignore")

@@ -142,7 +142,7 @@ def test_upgrade_from_0001_keeps_and_backfills_data(db_url):
             tb: c.execute(sa.text(f"SELECT * FROM {tb} ORDER BY id")).mappings().all()
             for tb in ("datasets", "images", "models", "flags", "jobs")
         }
-    assert upgrade(eng) == "0002"
+    assert upgrade(eng) == "0003"
     with eng.connect() as c:
         for tb, rows in before.items():
             after = c.execute(sa.text(f"SELECT * FROM {tb} ORDER BY id")).mappings().all()
@@ -197,8 +197,8 @@ FAILING_REVISION = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -219,13 +219,13 @@ def downgrade():
 def _scripts_with(tmp_path, action):
     loc = tmp_path / "migrations"
     shutil.copytree(SCRIPT_LOCATION, loc, ignore=shutil.ignore_patterns("__pycache__"))
-    (loc / "versions" / "0003_inject.py").write_text(FAILING_REVISION.format(action=action))
+    (loc / "versions" / "0004_inject.py").write_text(FAILING_REVISION.format(action=action))
     return loc
 
 
-def _assert_at_0002_untouched(db):
+def _assert_at_head_untouched(db):
     eng = make_engine(db)
-    assert current(eng) == "0002"
+    assert current(eng) == "0003"
     assert "extra" not in _columns(eng, "flags")
     assert not sa.inspect(eng).has_table("scratch")
     with eng.connect() as c:
@@ -249,10 +249,10 @@ def test_exception_in_revision_leaves_previous_revision(tmp_path):
     _populate_0001(eng, n_flags=2)
     upgrade(eng)
     eng.dispose()
-    loc = _scripts_with(tmp_path, 'raise RuntimeError("boom in 0003")')
-    with pytest.raises(RuntimeError, match="boom in 0003"):
+    loc = _scripts_with(tmp_path, 'raise RuntimeError("boom in 0004")')
+    with pytest.raises(RuntimeError, match="boom in 0004"):
         upgrade(db, script_location=loc)
-    _assert_at_0002_untouched(db)
+    _assert_at_head_untouched(db)
 
 
 KILL_SCRIPT = """
@@ -285,18 +285,45 @@ def test_kill_9_mid_revision_leaves_previous_revision(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    _assert_at_0002_untouched(db)
+    _assert_at_head_untouched(db)
 
 
 def test_cli_upgrade_and_current(tmp_path, capsys):
     ws = tmp_path / "ws"
     assert cli_main(["db", "upgrade", "--workspace", str(ws)]) == 0
-    assert "-> 0002" in capsys.readouterr().out
+    assert "-> 0003" in capsys.readouterr().out
     assert cli_main(["db", "current", "--workspace", str(ws)]) == 0
-    assert capsys.readouterr().out.strip() == "0002 (head)"
+    assert capsys.readouterr().out.strip() == "0003 (head)"
     assert (ws / "anomseg.sqlite").is_file()
     assert cli_main(["db", "current", "--workspace", str(tmp_path / "nope")]) == 0
     assert "no database" in capsys.readouterr().out
     assert not (tmp_path / "nope").exists()  # asking does not create anything
     assert cli_main(["db", "upgrade", "--url", "mysql://u@h/db"]) == 2
     assert "backend 'mysql' is not supported" in capsys.readouterr().err
+
+
+def test_0003_allows_oe_heads_keeps_rows_and_refuses_downgrade_over_them(tmp_path):
+    eng = make_engine(tmp_path / "a.sqlite")
+    upgrade(eng, "0001")
+    _populate_0001(eng, n_flags=1)
+    upgrade(eng, "0002")
+    row = dict(model_id=1, version=1, active=False, status="ready", created=datetime(2024, 5, 1))
+    ins = sa.text(
+        "INSERT INTO head_versions (model_id, kind, version, active, status, created) "
+        "VALUES (:model_id, :kind, :version, :active, :status, :created)"
+    )
+    with eng.begin() as c:
+        c.execute(ins, {**row, "kind": "stats"})
+    with pytest.raises(sa.exc.IntegrityError), eng.begin() as c:
+        c.execute(ins, {**row, "kind": "oe", "version": 2})  # 0002 does not know the kind
+    assert upgrade(eng) == "0003"
+    with eng.begin() as c:
+        c.execute(ins, {**row, "kind": "oe", "version": 2})
+        kinds = [r[0] for r in c.exec_driver_sql("SELECT kind FROM head_versions ORDER BY id")]
+    assert kinds == ["stats", "oe"]
+    with pytest.raises(sa.exc.IntegrityError), eng.begin() as c:
+        c.execute(ins, {**row, "kind": "bogus", "version": 3})
+    with pytest.raises(RuntimeError, match="kind 'oe' exist"):
+        downgrade(eng, "0002")
+    assert current(eng) == "0003"
+    eng.dispose()

@@ -188,7 +188,7 @@ def test_restore_old_revision_is_upgraded(store, tmp_path):
         )
     eng.dispose()
     restore(store, old)
-    assert current(store) == "0002"
+    assert current(store) == "0003"
     with store.read() as s:
         assert [d.name for d in catalog.list_datasets(s)] == ["legacy"]
 
