@@ -1414,8 +1414,12 @@ class Services:
 
     def job_state(self, job_id: int) -> JobState:
         """A job's status, progress and log tail, fresh from the store."""
-        from db.jobs import get_job
+        from db.jobs import get_job, reap_dead_jobs
 
+        with self.store.read() as s:
+            running = get_job(s, int(job_id)).status == "running"
+        if running:  # a poll that finds the worker dead ends the job instead of waiting on it
+            self.store.transact(lambda s: reap_dead_jobs(s))
         with self.store.read() as s:
             j = get_job(s, int(job_id))
             return JobState(

@@ -2,14 +2,20 @@
 
 A worker claims with a guarded ``UPDATE ... WHERE id = :id AND status = 'queued'``: whatever the
 backend's locking, only one UPDATE can see the row still queued, so two workers never run the same
-job. Workers heartbeat while running; on start-up a worker fails the jobs that a dead worker left
-running (``fail_stale_jobs``).
+job. Workers heartbeat while running. A job's owner is recorded as ``host:pid:boot_id[:tag]``, so
+a dead owner is recognised two ways: on the same host and boot, its process is gone (at once,
+whatever the heartbeat says); anywhere, its heartbeat is older than the timeout. ``reap_dead_jobs``
+fails such jobs (and the head versions they were training) whenever it is called: by a worker at
+start-up and while it runs, by a reader that notices (the Retrain tab's poll), and by a cancel.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import select, update
@@ -19,6 +25,49 @@ from anomseg.errors import InputError
 from db.models import JOB_FINAL, JOB_STATUSES, Job, utcnow
 
 LOG_TAIL_CHARS = 8000
+STALE_AFTER_S = 60.0  # a heartbeat older than this is a dead worker's (workers beat every 5 s)
+
+
+@cache
+def boot_id() -> str:
+    """This machine's boot id (Linux); '' where the system does not expose one."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def this_host() -> str:
+    """The host name as worker ids record it (no ':' so the id splits cleanly)."""
+    return socket.gethostname().replace(":", "_")
+
+
+def worker_identity(tag: str = "") -> str:
+    """``host:pid:boot_id[:tag]``: enough to tell later whether the owner process still lives."""
+    wid = f"{this_host()}:{os.getpid()}:{boot_id()}"
+    return f"{wid}:{tag}"[:128] if tag else wid
+
+
+def owner_gone(worker_id: str | None) -> bool:
+    """True when ``worker_id``'s process is known to be dead: same host, and either another boot
+    or no such pid. Another host (or an id of another form) is never known dead: its heartbeat
+    decides."""
+    parts = (worker_id or "").split(":")
+    if len(parts) < 3 or parts[0] != this_host() or not parts[1].isdigit():
+        return False
+    pid, boot = int(parts[1]), parts[2]
+    if boot_id() and boot and boot != boot_id():
+        return True  # the machine rebooted since: every process of that boot is gone
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by another user
+    return False
 
 
 def enqueue_job(session: Session, kind: str, params: Mapping[str, Any] | None = None) -> Job:
@@ -133,8 +182,9 @@ def fail_job(session: Session, job_id: int, error: str) -> Job:
     return job
 
 
-def cancel_job(session: Session, job_id: int) -> Job:
-    """Cancel: a queued job is cancelled at once, a running one is asked to stop."""
+def cancel_job(session: Session, job_id: int, *, stale_after_s: float = STALE_AFTER_S) -> Job:
+    """Cancel: a queued job or a dead worker's job is cancelled at once, a running one is asked
+    to stop."""
     job = get_job(session, job_id)
     if job.status == "queued":
         res = session.execute(
@@ -148,6 +198,10 @@ def cancel_job(session: Session, job_id: int) -> Job:
         job = get_job(session, job_id)  # claimed meanwhile: fall through to a request
     if job.status == "running":
         job.cancel_requested = True
+        if _death_of(job, utcnow() - timedelta(seconds=stale_after_s)) is not None:
+            # nobody will ever acknowledge the request: end it here
+            job.status, job.message, job.finished = "cancelled", "cancelled (worker gone)", utcnow()
+            _fail_orphan_heads(session, [job.id])
         session.flush()
     return job
 
@@ -178,5 +232,50 @@ def fail_stale_jobs(
         job.status, job.finished = "failed", now
         job.error = f"worker {job.worker_id or '?'} stopped while the job was running"
         ids.append(job.id)
+    session.flush()
+    return ids
+
+
+def _death_of(job: Job, cutoff: Any) -> str | None:
+    """Why a running job's worker is dead, or None while it may be alive."""
+    if owner_gone(job.worker_id):
+        pid = (job.worker_id or "").split(":")[1]
+        return f"worker {job.worker_id} stopped while the job was running (process {pid} is gone)"
+    if job.heartbeat is None or job.heartbeat < cutoff:
+        return (
+            f"worker {job.worker_id or '?'} stopped while the job was running (no heartbeat "
+            f"since {job.heartbeat:%H:%M:%S} UTC)"
+            if job.heartbeat is not None
+            else f"worker {job.worker_id or '?'} stopped while the job was running (no heartbeat)"
+        )
+    return None
+
+
+def _fail_orphan_heads(session: Session, job_ids: list[int]) -> None:
+    # their trainer died, so they would otherwise stay 'training' for ever
+    from db.heads import fail_head_version
+    from db.models import HeadVersion
+
+    if not job_ids:
+        return
+    q = select(HeadVersion.id).where(
+        HeadVersion.job_id.in_(job_ids), HeadVersion.status == "training"
+    )
+    for head_id in list(session.scalars(q)):
+        fail_head_version(session, head_id)
+
+
+def reap_dead_jobs(session: Session, *, stale_after_s: float = STALE_AFTER_S) -> list[int]:
+    """Fail every running job whose owner is gone or whose heartbeat is older than
+    ``stale_after_s`` (and the head versions they were training); returns their ids."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    ids = []
+    for job in session.scalars(select(Job).where(Job.status == "running").with_for_update()):
+        why = _death_of(job, cutoff)
+        if why is None:
+            continue
+        job.status, job.finished, job.error = "failed", utcnow(), why
+        ids.append(job.id)
+    _fail_orphan_heads(session, ids)
     session.flush()
     return ids

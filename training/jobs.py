@@ -12,7 +12,10 @@ A job kind is a function ``run(ctx: JobContext) -> dict | None`` registered in `
 * marks the job done with its result, cancelled when it raised ``JobCancelled`` (or training's
   ``Cancelled``), or failed with the error (one line for user errors, the traceback's last lines
   in the log tail otherwise);
-* on start, fails jobs whose heartbeat is older than ``stale_after_s``: their worker was killed.
+* records itself as ``host:pid:boot_id:tag`` and, at start and then every few seconds while it
+  runs (idle or busy), fails the jobs whose owner process is gone or whose heartbeat is older than
+  ``stale_after_s`` (``db.jobs.reap_dead_jobs``): a worker killed with SIGKILL is recovered as
+  soon as any worker is up again, not only once its heartbeat times out.
 
 It runs as a thread inside the app (``Worker.start_thread``) or as ``anomseg worker``.
 """
@@ -20,7 +23,6 @@ It runs as a thread inside the app (``Worker.start_thread``) or as ``anomseg wor
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import traceback
@@ -114,36 +116,38 @@ class Worker:
     ) -> None:
         self.store = store
         self.workspace = Path(workspace)
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFF:x}"
+        from db.jobs import worker_identity
+
+        self.worker_id = worker_id or worker_identity(f"{id(self) & 0xFFFF:x}")
         self.kinds = kinds
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
         self.current: JobContext | None = None
+        # how often a live worker looks for dead ones: a few times per heartbeat timeout
+        self.reap_every_s = max(min(heartbeat_s, stale_after_s / 2), 0.05)
+        self._last_reap = float("-inf")
+        self._reap_lock = threading.Lock()
 
     def recover(self) -> list[int]:
-        """Fail jobs left running by a dead worker (stale heartbeat); returns their ids.
+        """Fail jobs left running by a dead worker (owner gone or stale heartbeat) and the head
+        versions they were training; returns their ids."""
+        from db.jobs import reap_dead_jobs
 
-        Head versions those jobs were training are failed too: their trainer died, so they
-        would otherwise stay 'training' for ever.
-        """
-        from sqlalchemy import select
+        with self._reap_lock:
+            self._last_reap = time.monotonic()
+            return self.store.transact(
+                lambda s: reap_dead_jobs(s, stale_after_s=self.stale_after_s)
+            )
 
-        from db.heads import fail_head_version
-        from db.jobs import fail_stale_jobs
-        from db.models import HeadVersion
-
-        def write(s: Any) -> list[int]:
-            ids = fail_stale_jobs(s, older_than_s=self.stale_after_s)
-            if ids:
-                orphans = select(HeadVersion.id).where(
-                    HeadVersion.job_id.in_(ids), HeadVersion.status == "training"
-                )
-                for head_id in list(s.scalars(orphans)):
-                    fail_head_version(s, head_id)
-            return ids
-
-        return self.store.transact(write)
+    def reap_if_due(self) -> list[int]:
+        """``recover`` at most every ``reap_every_s`` (called from the poll loop and heartbeat)."""
+        if time.monotonic() - self._last_reap < self.reap_every_s:
+            return []
+        try:
+            return self.recover()
+        except Exception:  # a transient store error must not stop the worker; retry next time
+            return []
 
     def _known_kinds(self) -> list[str]:
         return [k for k in (self.kinds or JOB_KINDS.names()) if k in JOB_KINDS]
@@ -151,6 +155,8 @@ class Worker:
     def run_once(self) -> int | None:
         """Claim one queued job and run it to the end; returns its id, or None if none queued."""
         from db.jobs import claim_next_job
+
+        self.reap_if_due()
 
         def claim(s: Any) -> tuple[int, str, dict[str, Any]] | None:
             job = claim_next_job(s, self.worker_id, self._known_kinds())
@@ -177,6 +183,7 @@ class Worker:
         from db.jobs import update_job
 
         while not stop.wait(self.heartbeat_s):
+            self.reap_if_due()  # a busy worker still notices other workers' deaths
             try:
                 if self.store.transact(lambda s: update_job(s, ctx.job_id).cancel_requested):
                     ctx._cancel.set()
