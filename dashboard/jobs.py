@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from anomseg.errors import InputError
 from training.jobs import JOB_KINDS, JobContext
 
@@ -43,86 +41,30 @@ def _synthetic_dataset(s: Any, name: str | None) -> Any:
 
 @_register("synth_generate")
 def synth_generate_job(ctx: JobContext) -> dict[str, Any]:
-    """Propose ``n`` new samples: fresh procedural scenes with bank objects placed by the engine.
+    """Propose ``n`` new samples for a synthetic dataset (``training.synth_samples``).
 
-    params: ``n`` (1..500), optional ``dataset`` (a synthetic dataset name), ``seed``.
-    New samples are stored as *proposed*, with their render cache written, ready to curate.
+    params: ``n`` (1..500), optional ``dataset`` (a synthetic dataset name), ``seed``,
+    ``status`` (default ``proposed``). A dataset carrying source specs (CamVid x COCO, a dash-cam
+    folder ...) draws from them; one without (the built-in world) gets fresh procedural scenes.
+    New samples are stored with their render cache written, ready to curate.
     """
-    from PIL import Image as PILImage
-
-    from anomseg.synth.render import render
-    from anomseg.world.demo_data import SPECS, plan_pastes
-    from anomseg.world.objects import ObjectBank
-    from anomseg.world.scenes import DEFAULT_SIZE, generate_scene, parse_scene_id
-    from db import pastes as dbpastes
-    from db.catalog import sha256_file
-    from training.dataset import revisions_hash
+    from training.synth_samples import generate_samples
 
     n = ctx.params.get("n")
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 500:
         raise InputError(f"synth_generate: n must be an integer in 1..500, got {n!r}")
     with ctx.store.read() as s:
-        ds = _synthetic_dataset(s, ctx.params.get("dataset"))
-        ds_id, root = ds.id, Path(ds.root)
-        used = []
-        size = None
-        for smp in dbpastes.list_samples(s, dataset_id=ds_id):
-            try:
-                used.append(parse_scene_id(smp.background_id))
-            except InputError:
-                continue
-            if size is None and smp.render and smp.render.get("image"):
-                p = Path(smp.render["image"])
-                p = p if p.is_absolute() else root / p
-                if p.is_file():
-                    from anomseg.imageio import image_size
-
-                    size = image_size(p)
-    size = size or DEFAULT_SIZE
-    seed = int(ctx.params.get("seed", 0))
-    next_scene = max(used, default=10_000_000) + 1
-    out_dir = ctx.workspace / "cache" / "renders"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bank = ObjectBank(SPECS["train"].categories, *SPECS["train"].objects)
-    made, tries = [], 0
-    while len(made) < n and tries < 4 * n:
-        scene = next_scene + tries
-        tries += 1
-        bg = generate_scene(scene, size)
-        rng = np.random.default_rng([seed, scene, 0x6E4])
-        records = plan_pastes(bg, "train", rng)
-        if not records:
-            continue
-        rendered = render(bg, records, {"bank": bank})
-        pastes = [(f"p{i}", r.to_dict()) for i, r in enumerate(records)]
-
-        def write(s: Any, bid: str = bg.id, pastes: list = pastes) -> tuple[int, str, dict]:
-            smp = dbpastes.create_sample(
-                s, ds_id, bid, pastes, seed=seed, status="proposed", author="generator"
-            )
-            revs = {p.key: r.content_hash for p, r in dbpastes.current_revisions(s, smp.id)}
-            return smp.id, smp.uid, revs
-
-        sid, uid, revs = ctx.store.transact(write)
-        rh = revisions_hash(revs)
-        img_p, gt_p = out_dir / f"{uid}-{rh[:16]}.png", out_dir / f"{uid}-{rh[:16]}_gt.png"
-        PILImage.fromarray(rendered.rgb).save(img_p, format="PNG", compress_level=1)
-        PILImage.fromarray(rendered.gt).save(gt_p, format="PNG", compress_level=1)
-        cache = {
-            "image": str(img_p),
-            "gt": str(gt_p),
-            "revisions_hash": rh,
-            "image_sha256": sha256_file(img_p),
-            "size": list(size),
-        }
-        ctx.store.transact(
-            lambda s, sid=sid, cache=cache: dbpastes.set_render_cache(s, sid, cache) and None
-        )
-        made.append(sid)
-        ctx.progress(len(made) / n, f"sample #{sid} ({len(records)} pastes on {bg.id})")
-    if not made:
-        raise InputError("could not place any object on the generated scenes; try again")
-    return {"samples": made, "tried_scenes": tries}
+        name = _synthetic_dataset(s, ctx.params.get("dataset")).name
+    made = generate_samples(
+        ctx.store,
+        name,
+        n,
+        seed=int(ctx.params.get("seed", 0)),
+        status=ctx.params.get("status", "proposed"),
+        progress=ctx.progress,
+        workspace=ctx.workspace,
+    )
+    return {"samples": made, "dataset": name}
 
 
 @_register("evaluate")

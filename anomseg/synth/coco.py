@@ -145,8 +145,25 @@ class CocoObjects:
             if self._keep(ann, wanted, fully_visible, border_margin, min_solidity, min_pixels):
                 self._anns[str(ann["id"])] = ann
         self._ids = sorted(self._anns, key=lambda s: (len(s), s))
+        self._check_images()
         self._cache: OrderedDict[str, SourceObject] = OrderedDict()
         self._cache_size = cache_size
+
+    def _check_images(self) -> None:
+        """Refuse now, by name, image files the kept objects need but that are missing.
+
+        Found late (mid-generation), a missing image would leave part of a batch stored.
+        """
+        needed = {str(self._images[int(a["image_id"])]["file_name"]) for a in self._anns.values()}
+        missing = sorted(f for f in needed if not (self.images_dir / f).is_file())
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DatasetError(
+                f"{self.annotations_path}: {len(missing)} of the {len(needed)} images its objects "
+                f"come from are missing from {self.images_dir} ({', '.join(missing[:3])}{more}); "
+                "expected the annotation file next to its images folder (e.g. "
+                "annotations/instances_train2017.json with train2017/)"
+            )
 
     @staticmethod
     def _read_json(path: Path) -> dict:

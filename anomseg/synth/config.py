@@ -190,6 +190,8 @@ def ensure_sources_registered() -> None:
 
     import anomseg.synth.cityscapes  # noqa: F401
     import anomseg.synth.coco  # noqa: F401
+    import anomseg.synth.folder  # noqa: F401
+    import anomseg.synth.labelled  # noqa: F401
 
     try:  # the built-in procedural world registers "procedural" / "bank" when imported
         importlib.import_module("anomseg.world")

@@ -66,5 +66,11 @@ OBJECT_SOURCES: Registry = Registry(
     "object source", builtins=("anomseg.synth.coco", "anomseg.world.objects")
 )
 BACKGROUND_SOURCES: Registry = Registry(
-    "background source", builtins=("anomseg.synth.cityscapes", "anomseg.world.scenes")
+    "background source",
+    builtins=(
+        "anomseg.synth.cityscapes",
+        "anomseg.synth.labelled",
+        "anomseg.synth.folder",
+        "anomseg.world.scenes",
+    ),
 )
