@@ -8,7 +8,12 @@ What ``logits`` are (see ``anomseg.prediction``): for a pixel model (ERFNet) the
 its channels (20 = 19 classes + void, as the seed scored them); for a mask model (EoMT) the
 per-pixel class scores ``einsum(sigmoid(mask_logits), softmax(class_logits)[..., :-1])``. The
 softmax-based scorers (msp, entropy) and the logit-based ones (maxlogit, energy) read ``logits``
-as they are, for both kinds of model, as the seed did.
+as they are, for both kinds of model, as the seed did. RbA (mask models only) reads the same class
+scores, as the original RbA and the seed's notebook do.
+
+A scorer whose definition changes gets a higher ``revision``: results are stored with the
+revision they were computed under and the leaderboard hides those of an older one (RbA is at 2:
+revision 1 read the separately aggregated raw class logits instead of the class scores).
 
 The four uncertainty statistics (``stat_*``, ``uncertainty_stats``) follow the seed report §3.4.1:
 they are read off "the dense semantic map M, which fuses mask probabilities with class
@@ -82,6 +87,10 @@ class ScorerSpec:
     # True for a statistic where HIGH means normal (stat_max_prob): metrics rank it the wrong way
     inverted: bool = False
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # defined on a mask model's class scores only (RbA): not applicable to a pixel model
+    mask_only: bool = False
+    # bumped when the definition changes, so stored results of an older one are never shown
+    revision: int = 1
 
     def param(self, name: str) -> Param:
         """The parameter called ``name`` or InputError listing the known ones."""
@@ -99,7 +108,9 @@ class ScorerSpec:
         return out
 
     def applicable(self, prediction: Prediction) -> bool:
-        """Whether the prediction holds every field this scorer reads."""
+        """Whether the prediction holds every field this scorer reads (and is a mask model's)."""
+        if self.mask_only and not is_mask_model(prediction):
+            return False
         return all(getattr(prediction, f, None) is not None for f in self.needs)
 
 
@@ -198,9 +209,9 @@ def msp_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     return by_rows(lambda z: 1.0 - torch.softmax(z / T, dim=0).amax(0), _f32(logits))
 
 
-def rba_t(pixel_class_logits: torch.Tensor) -> torch.Tensor:
-    """RbA: -sum_k tanh(s_k) over the per-pixel class logits s."""
-    return by_rows(lambda s: -torch.tanh(s).sum(0), _f32(pixel_class_logits))
+def rba_t(class_scores: torch.Tensor) -> torch.Tensor:
+    """RbA: -sum_k tanh(s_k) over the per-pixel class scores s (dim 0)."""
+    return by_rows(lambda s: -torch.tanh(s).sum(0), _f32(class_scores))
 
 
 def _stats_block(z: torch.Tensor, mask_model: bool) -> torch.Tensor:
@@ -283,12 +294,13 @@ def energy(prediction: Prediction, T: float = 1.0) -> np.ndarray:
 def rba(prediction: Prediction) -> np.ndarray:
     """Rejected by All (RbA; Nayal et al., ICCV 2023): -sum_k tanh(s_k).
 
-    ``s_k = sum_q sigmoid(m_q) * c_{q,k}`` is the per-pixel class logit of class k aggregated over
-    the queries q (mask logits m, raw class logits c without the no-object column), i.e.
-    ``Prediction.pixel_class_logits``. Each class "accepts" a pixel when tanh(s_k) is near 1; a
-    pixel that every class rejects scores high. Mask models only.
+    ``s_k = sum_q sigmoid(m_q) * softmax(c_q)_k`` is the per-pixel score of class k (softmax over
+    all classes including "no object", which is dropped after it), i.e. ``Prediction.logits`` of
+    a mask model, as in the original RbA and the seed's notebook. Each class "accepts" a pixel
+    when tanh(s_k) is near 1; a pixel that every class rejects scores high (0 at most).
+    Mask models only.
     """
-    return _out(rba_t(prediction.pixel_class_logits))
+    return _out(rba_t(prediction.logits))
 
 
 def stat_max_prob(prediction: Prediction) -> np.ndarray:
@@ -337,8 +349,9 @@ for _spec in (
         rba,
         (),
         "RbA",
-        frozenset({"pixel_class_logits"}),
-        "-sum_k tanh(per-pixel class logit_k); mask models only (Nayal et al., ICCV 2023)",
+        description="-sum_k tanh(class score_k); mask models only (Nayal et al., ICCV 2023)",
+        mask_only=True,
+        revision=2,
     ),
     ScorerSpec(
         "stat_max_prob",
@@ -412,12 +425,16 @@ def score(
     """Run one scorer with validated parameters: float32 (H, W), higher = more anomalous."""
     spec = get_scorer(name, extra)
     full = spec.resolve_params(params)
+    if spec.mask_only and not is_mask_model(prediction):
+        raise InputError(
+            f"{name} applies to mask models only (EoMT); model "
+            f"{prediction.model_name or '(unnamed)'} is a pixel model"
+        )
     missing = [f for f in sorted(spec.needs) if getattr(prediction, f, None) is None]
     if missing:
         raise InputError(
             f"{name} needs the prediction field(s) {', '.join(missing)}, which model "
             f"{prediction.model_name or '(unnamed)'} does not produce"
-            + (" (mask models only)" if "pixel_class_logits" in missing else "")
         )
     out = spec.fn(prediction, **full)
     if isinstance(out, torch.Tensor):
@@ -428,6 +445,12 @@ def score(
             f"scorer {name} returned shape {out.shape}; expected the scoring size {prediction.size}"
         )
     return out
+
+
+def scorer_revision(method: str) -> int:
+    """The current definition revision of a method string's scorer (1 for unknown ones)."""
+    name = method.split(":", 1)[0]  # "msp:T=2.0" -> msp; families (head:3) have revision 1
+    return SCORERS.get(name).revision if name in SCORERS else 1
 
 
 def parse_method(

@@ -125,8 +125,8 @@ class ImageView:
 class CompareStyle:
     """Everything a Compare slider or checkbox controls (pure rendering)."""
 
-    opacity: float = 0.6
-    shared_scale: bool = False
+    opacity: float = render.DEFAULT_OPACITY
+    shared_scale: bool = False  # one range per unit (dashboard.scales), never across units
     threshold_mode: str = "off"
     threshold: float = 0.5  # fraction of each panel's colour range in "score value" mode
     show_gt: bool = True
@@ -146,6 +146,8 @@ class Panel:
     threshold: float | None
     auprc: float | None
     fpr95: float | None
+    name: str = ""  # the method name ("msp", "head:2"), as ticked in Compare
+    unit: str = ""  # what the colour bar's values are (dashboard.scales)
 
     @property
     def caption(self) -> str:
@@ -384,7 +386,7 @@ class Services:
         for spec in scoring.list_scorers():
             if ":" in spec.name:
                 continue  # dynamic families (heads) are listed from the store below
-            if "pixel_class_logits" in spec.needs and not needs_mask:
+            if spec.mask_only and not needs_mask:
                 continue
             if "features" in spec.needs and not needs_mask:
                 continue
@@ -712,13 +714,31 @@ class Services:
         self.maps.put(gkey, out)
         return out
 
-    def _range(self, key: tuple, amap: np.ndarray) -> tuple[float, float]:
-        rkey = ("range", *key)
+    def _range(
+        self, key: tuple, amap: np.ndarray, gt: np.ndarray | None = None
+    ) -> tuple[float, float]:
+        """Colour range of a map over the pixels its ground truth does not ignore; cached."""
+        valid = None if gt is None or not (gt == 255).any() else gt != 255
+        rkey = ("range", *key, valid is not None)
         hit = self.metrics.get(rkey)
         if hit is None:
-            hit = render.robust_range(amap)
+            hit = render.robust_range(amap, *render.HEAT_RANGE_PCT, valid=valid)
             self.metrics.put(rkey, hit)
         return hit
+
+    def colour_ranges(
+        self, mkey: str, view: ImageView, maps: dict[str, tuple[str, np.ndarray]], shared: bool
+    ) -> dict[str, tuple[float, float]]:
+        """Each method's colour range; with ``shared``, one range per unit (dashboard.scales)."""
+        from dashboard.scales import scale_of
+
+        ranges = {
+            n: self._range((mkey, view.sha256, spec), m, view.gt_score)
+            for n, (spec, m) in maps.items()
+        }
+        if shared:
+            ranges = render.share_ranges(ranges, {n: scale_of(n).kind for n in ranges})
+        return ranges
 
     def _panel_threshold(
         self,
@@ -766,11 +786,9 @@ class Services:
         view = self.load_view(model, image_id)
         mkey = self.model_key(model)
         maps = self.score_maps(model, view, chosen, params)
-        ranges = {n: self._range((mkey, view.sha256, spec), m) for n, (spec, m) in maps.items()}
-        if style.shared_scale:
-            lo = min(r[0] for r in ranges.values())
-            hi = max(r[1] for r in ranges.values())
-            ranges = {n: (lo, hi) for n in ranges}
+        from dashboard.scales import scale_of
+
+        ranges = self.colour_ranges(mkey, view, maps, style.shared_scale)
         (gh, gw), _ = render.fit_size(view.rgb.shape[:2], GRID_MAX_SIDE)
         vkey = (mkey, view.sha256)
         rgb_s = self._grid(vkey, view.rgb, (gh, gw), "rgb")
@@ -802,7 +820,18 @@ class Services:
             )
             img = render.render_panel(rgb_s, self._grid(key, amap, (gh, gw), "map"), pstyle, gt_s)
             panels.append(
-                Panel(spec, choices[name].label, img, vmin, vmax, thr, met["auprc"], met["fpr95"])
+                Panel(
+                    spec,
+                    choices[name].label,
+                    img,
+                    vmin,
+                    vmax,
+                    thr,
+                    met["auprc"],
+                    met["fpr95"],
+                    name=name,
+                    unit=scale_of(name).unit,
+                )
             )
         return CompareResult(view, panels, notes, time.perf_counter() - t0)
 
@@ -820,7 +849,7 @@ class Services:
         mkey = self.model_key(model)
         spec, amap = self.score_maps(model, view, [name], params)[name]
         key = (mkey, view.sha256, spec)
-        vmin, vmax = vrange if vrange is not None else self._range(key, amap)
+        vmin, vmax = vrange if vrange is not None else self._range(key, amap, view.gt_score)
         thr = self._panel_threshold(model, name, (params or {}).get(name), style, view, vmin, vmax)
         pstyle = render.PanelStyle(
             opacity=style.opacity,

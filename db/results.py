@@ -18,6 +18,18 @@ def _code_version() -> str:
     return str(getattr(anomseg, "__version__", ""))
 
 
+# params_json key holding the definition revision a scorer was computed under (absent = 1)
+REVISION_KEY = "scorer_revision"
+
+
+def is_current(method: str, params: Mapping[str, Any] | None) -> bool:
+    """False for a result computed under an older definition of its scorer (e.g. RbA before 2)."""
+    from anomseg.scoring import scorer_revision
+
+    stored = (params or {}).get(REVISION_KEY, 1)
+    return not isinstance(stored, int) or stored >= scorer_revision(method)
+
+
 def add_eval_result(
     session: Session,
     model_id: int,
@@ -48,7 +60,12 @@ def add_eval_result(
         code_version=(code_version if code_version is not None else _code_version())[:64],
         seconds=float(seconds) if seconds is not None else None,
     )
+    from anomseg.scoring import scorer_revision
+
     row.metrics = dict(metrics)
+    revision = scorer_revision(method)
+    if revision > 1:  # stamped so that a later change of definition can tell this row apart
+        params = {**(params or {}), REVISION_KEY: revision}
     row.params = dict(params) if params is not None else None
     row.per_image = per_image
     session.add(row)
@@ -66,6 +83,8 @@ def leaderboard(
     """One dict per (model, method, dataset): the latest result, metrics flattened in.
 
     Rows are pandas-friendly (``pd.DataFrame(rows)``); metric keys vary with what was computed.
+    A result computed under an older definition of its scorer (``is_current``) is left out:
+    a board never mixes two definitions of one method.
     """
     latest = select(func.max(EvalResult.id).label("id")).group_by(
         EvalResult.model_id, EvalResult.method, EvalResult.dataset_id
@@ -85,6 +104,8 @@ def leaderboard(
     )
     rows = []
     for res, model_name, arch, ds_name, role in session.execute(q):
+        if not is_current(res.method, res.params):
+            continue
         row: dict[str, Any] = {
             "result_id": res.id,
             "model": model_name,
@@ -106,15 +127,14 @@ def leaderboard(
 def result_history(
     session: Session, model_id: int, method: str, dataset_id: int
 ) -> list[EvalResult]:
-    """Every result of one (model, method, dataset), oldest first."""
-    return list(
-        session.scalars(
-            select(EvalResult)
-            .where(
-                EvalResult.model_id == model_id,
-                EvalResult.method == method,
-                EvalResult.dataset_id == dataset_id,
-            )
-            .order_by(EvalResult.id)
+    """Every current-definition result of one (model, method, dataset), oldest first."""
+    rows = session.scalars(
+        select(EvalResult)
+        .where(
+            EvalResult.model_id == model_id,
+            EvalResult.method == method,
+            EvalResult.dataset_id == dataset_id,
         )
+        .order_by(EvalResult.id)
     )
+    return [r for r in rows if is_current(r.method, r.params)]

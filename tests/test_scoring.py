@@ -105,7 +105,8 @@ def test_maxlogit_entropy_rba_match_loops():
     cl = pred.class_logits.double().numpy()
 
     def rba(z, i, j):
-        s = sum(1 / (1 + math.exp(-m[q, i, j])) * cl[q, :C] for q in range(Q))
+        # the original RbA: class scores with the softmax over all C + 1 columns, void dropped
+        s = sum(1 / (1 + math.exp(-m[q, i, j])) * _softmax(cl[q])[:C] for q in range(Q))
         return -sum(math.tanh(v) for v in s)
 
     np.testing.assert_allclose(scoring.score("rba", pred), _brute(pred, rba), atol=1e-5)
@@ -176,7 +177,7 @@ def test_parameter_validation(name, params, needle):
 def test_unknown_scorer_and_missing_fields():
     with pytest.raises(InputError, match="unknown scoring method 'nope'.*msp"):
         scoring.score("nope", _pixel_pred())
-    with pytest.raises(InputError, match="pixel_class_logits"):
+    with pytest.raises(InputError, match="rba applies to mask models only"):
         scoring.score("rba", _pixel_pred())
 
 
@@ -249,7 +250,7 @@ def test_methods_cli_lists_parameters(capsys):
     msp_line = next(line for line in out.splitlines() if line.startswith("msp "))
     assert "T=1 [0.01, 100]" in msp_line
     rba_line = next(line for line in out.splitlines() if line.startswith("rba "))
-    assert "pixel_class_logits" in rba_line
+    assert "mask model" in rba_line
 
 
 @pytest.mark.parametrize("mask_model", [False, True])
@@ -265,7 +266,7 @@ def test_block_wise_scores_equal_whole_map_textbook_bit_for_bit(monkeypatch, mas
         pcl = torch.randn(19, 37, 53, generator=g)
         pred = Prediction(z, pixel_class_logits=pcl)
         p = z.clamp_min(0.0)
-        assert torch.equal(torch.from_numpy(scoring.rba(pred)), -torch.tanh(pcl).sum(0))
+        assert torch.equal(torch.from_numpy(scoring.rba(pred)), -torch.tanh(z).sum(0))
     else:
         pred = Prediction(z)
         p = torch.softmax(z, 0)

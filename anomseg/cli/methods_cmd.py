@@ -30,7 +30,7 @@ def _rows() -> list[dict]:
                     }
                     for p in s.params
                 ],
-                "needs": sorted(s.needs),
+                "needs": sorted(s.needs) + (["mask model"] if s.mask_only else []),
                 "inverted": s.inverted,
                 "description": s.description,
             }
