@@ -140,7 +140,8 @@ class _Steps:
     ``fp_above``: normal pixels scoring above the threshold (strictly; for ROC corners).
     """
 
-    def __init__(self, dp, tp, fp, dn, n_pos, n_neg, interp=None):
+    def __init__(self, dp, tp, fp, dn, n_pos, n_neg, interp=None, thr=None):
+        self.thr = None if thr is None else np.asarray(thr, dtype=np.float32)  # score per step
         self.dp = np.asarray(dp, dtype=np.float64)
         self.tp = np.asarray(tp, dtype=np.float64)
         self.fp = np.asarray(fp, dtype=np.float64)
@@ -179,6 +180,14 @@ class _Steps:
         out["fpr95"] = float(fp95 / N)
         out["auroc"] = float(np.dot(dp, N - fp + 0.5 * dn) / (float(P) * N))
         return out
+
+    def best_f1_threshold(self) -> float:
+        """The threshold ``p`` at the best pixel F1 for the rule ``score > p`` (the component
+        metrics' threshold): the float32 just below the best step's score (NaN if unknown)."""
+        if self.thr is None or not len(self.tp):
+            return float("nan")
+        j = int(np.argmax(self.tp / (self.tp + self.fp + self.n_pos)))  # F1 = 2TP/(TP+FP+P)
+        return float(np.nextafter(self.thr[j], np.float32(-np.inf)))
 
     def curves(self, max_points: int = 500) -> dict[str, np.ndarray]:
         """PR and ROC points (recall/precision, fpr/tpr), each downsampled to <= max_points."""
@@ -257,7 +266,7 @@ def _exact_steps(pos: np.ndarray, neg_chunks: list[np.ndarray], threads: int | N
     tp = np.cumsum(dp)
     dn = tied[u_desc]
     fp = above[u_desc] + dn  # normal pixels >= u
-    return _Steps(dp, tp, fp, dn, len(pos), n_neg)
+    return _Steps(dp, tp, fp, dn, len(pos), n_neg, thr=u[u_desc])
 
 
 def _balanced_groups(chunks: list[np.ndarray], k: int) -> list[list[np.ndarray]]:
@@ -429,28 +438,7 @@ class AnomalyMetrics:
 
     def sync_distributed(self, group: Any = None) -> None:
         """Combine this metric across all processes of ``torch.distributed`` (in place)."""
-        import torch
-        import torch.distributed as dist
-
-        ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-        state = self.state_dict()
-        for key, how in self.reductions.items():
-            t = state[key]
-            if how in ops:
-                dist.all_reduce(t, op=ops[how], group=group)
-                continue
-            # "cat": all-gather tensors of different lengths (pad to the longest, then trim)
-            world = dist.get_world_size(group)
-            n = torch.tensor([t.numel()], dtype=torch.int64)
-            sizes = [torch.zeros_like(n) for _ in range(world)]
-            dist.all_gather(sizes, n, group=group)
-            longest = int(max(s.item() for s in sizes))
-            padded = torch.zeros(longest, dtype=t.dtype)
-            padded[: t.numel()] = t
-            parts = [torch.zeros_like(padded) for _ in range(world)]
-            dist.all_gather(parts, padded, group=group)
-            state[key] = torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
-        self.load_state_dict(state)
+        sync_state(self, group)
 
     # -- results
     def _steps(self) -> _Steps:
@@ -469,15 +457,56 @@ class AnomalyMetrics:
         lo_min = np.minimum(self._lo_min[:B], self._lo_min[B : 2 * B])
         lo_max = np.maximum(self._lo_max[:B], self._lo_max[B : 2 * B])
         multi = (lo_min < lo_max)[::-1]  # the bin holds several distinct scores
-        return _Steps(pos[m], tp[m], fp[m], neg[m], tp[-1], fp[-1], interp=multi[m])
+        # a bin's threshold: its lowest score (bin bits + the smallest low bits seen in it)
+        low = (np.arange(B, dtype=np.uint32)[::-1] << self._shift) | lo_min[::-1]
+        thr = _keys_to_float(low[m])
+        return _Steps(pos[m], tp[m], fp[m], neg[m], tp[-1], fp[-1], interp=multi[m], thr=thr)
 
     def compute(self) -> dict[str, float]:
         """{"auprc", "fpr95", "auroc" (fractions; NaN when undefined), "n_anomaly", "n_normal"}."""
         return self._steps().summary()
 
+    def best_f1_threshold(self) -> float:
+        """Score threshold ``p`` of the best pixel F1 (pixels ``> p`` predicted anomalous)."""
+        return self._steps().best_f1_threshold()
+
     def curves(self, max_points: int = 500) -> dict[str, np.ndarray]:
         """Precision-recall and ROC points for plotting, each at most ``max_points`` long."""
         return self._steps().curves(max_points)
+
+
+def sync_state(metric: Any, group: Any = None) -> None:
+    """Combine a metric's ``state_dict`` across ``torch.distributed`` processes as its
+    ``reductions`` say (sum / min / max all-reduce; "cat" all-gathers variable lengths)."""
+    import torch
+    import torch.distributed as dist
+
+    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    state = metric.state_dict()
+    for key, how in metric.reductions.items():
+        t = state[key]
+        if how in ops:
+            dist.all_reduce(t, op=ops[how], group=group)
+            continue
+        # "cat": all-gather tensors of different lengths (pad to the longest, then trim)
+        world = dist.get_world_size(group)
+        n = torch.tensor([t.numel()], dtype=torch.int64)
+        sizes = [torch.zeros_like(n) for _ in range(world)]
+        dist.all_gather(sizes, n, group=group)
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=t.dtype)
+        padded[: t.numel()] = t
+        parts = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=group)
+        state[key] = torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
+    metric.load_state_dict(state)
+
+
+def _keys_to_float(keys: np.ndarray) -> np.ndarray:
+    """Inverse of ``float_keys``: uint32 order keys -> float32 values."""
+    k = (np.asarray(keys, dtype=np.uint32) ^ np.uint32(0x80000000)).view(np.int32)
+    bits = np.where(k < 0, (-k.astype(np.int64)) | 0x80000000, k).astype(np.uint32)
+    return bits.view(np.float32)
 
 
 def _cat(chunks: list[np.ndarray]) -> np.ndarray:
