@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,8 +32,9 @@ METRIC_MODES = ("exact", "streaming")
 @dataclass
 class EvalRow:
     """One (dataset, method) result. Metric values are fractions; ``seconds`` is this method's
-    own scoring + metric time plus an equal share of the dataset's forward/loading time, so the
-    rows of one dataset add up to its wall time."""
+    share of the dataset's wall time (``wall_seconds``): its own scoring + metric time plus an
+    equal share of the forward/loading time, scaled so the rows of one dataset add up to the
+    wall time (scoring overlaps the forward, so the parts add up to more)."""
 
     dataset: str
     method: str
@@ -45,6 +47,7 @@ class EvalRow:
     n_skipped: int = 0
     forward_seconds: float = 0.0
     method_seconds: float = 0.0
+    wall_seconds: float = 0.0
     metric_mode: str = "exact"
     input_size: tuple[int, int] | None = None
     per_image: list[dict[str, Any]] = field(default_factory=list)
@@ -137,94 +140,289 @@ def method_scores(
     return -s if scoring.get_scorer(name, extra).inverted else s
 
 
+# Metric objects kept per (dataset, method): name -> factory(metric mode). Each object has
+# ``update(scores, labels)``, ``merge(other)`` and ``compute() -> dict``; the image shards of a
+# dataset (the ranks of ``--nproc``) combine with ``merge``, so a metric added here runs in
+# multi-process evaluation with no further code. "pixel" fills the rows' AuPRC / FPR95 / AUROC.
+METHOD_METRICS: dict[str, Callable[[str], Any]] = {}
+
+
+def register_method_metric(name: str, factory: Callable[[str], Any]) -> None:
+    """Keep one more mergeable metric object per (dataset, method), built as ``factory(mode)``."""
+    if name in METHOD_METRICS:
+        raise KeyError(f"method metric {name!r} is registered twice")
+    METHOD_METRICS[name] = factory
+
+
+def _pixel_metric(mode: str) -> Any:
+    from anomseg.metrics import AnomalyMetrics
+
+    return AnomalyMetrics(mode=mode)
+
+
+register_method_metric("pixel", _pixel_metric)
+
+
+class DatasetEval:
+    """What evaluating one dataset accumulates, image by image: per method its metric objects
+    (``METHOD_METRICS``), per-image values and scoring seconds; image counts and times.
+
+    Mergeable: the states of disjoint image shards ``merge`` into the state one process would
+    reach over all images — metric states add (exact mode: the same pixel pools, so the same
+    numbers to the last bit), counts and seconds add, per-image entries go back in dataset
+    order by image index. Picklable, so ranks can ship it (``anomseg.distributed``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        specs: Sequence[tuple[str, str, dict[str, Any]]],
+        metric_mode: str = "exact",
+        per_image: bool = True,
+        skip_without_anomaly: bool = True,
+    ) -> None:
+        self.name = name
+        self.specs = [(c, n, dict(p)) for c, n, p in specs]
+        self.metric_mode = metric_mode
+        self.per_image = per_image
+        self.skip_without_anomaly = skip_without_anomaly
+        self.metrics = {
+            canon: {k: make(metric_mode) for k, make in METHOD_METRICS.items()}
+            for canon, _, _ in self.specs
+        }
+        self.images: dict[str, list[tuple[int, dict[str, Any]]]] = {c: [] for c in self.metrics}
+        self.method_seconds = dict.fromkeys(self.metrics, 0.0)
+        self.n_used = self.n_skipped = 0
+        self.forward_seconds = 0.0  # time the loop waited for decoded, forwarded images
+        self.wall_seconds = 0.0
+
+    def skip(self) -> None:
+        """Count an image left out before its forward (no anomaly pixel)."""
+        self.n_skipped += 1
+
+    def add(
+        self,
+        index: int,
+        name: str,
+        prediction: Any,
+        label: np.ndarray,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Score image ``index`` of the dataset with every method; update metrics, per-image."""
+        from anomseg.metrics import per_image as per_image_metrics
+
+        label = _label_at(label, prediction.size)
+        n_anom = int((label == ANOMALY).sum())
+        if self.skip_without_anomaly and n_anom == 0:  # lost by resizing: as the seed, skip it
+            self.n_skipped += 1
+            return
+        self.n_used += 1
+        for canon, sname, params in self.specs:
+            t0 = time.perf_counter()
+            s = method_scores(sname, params, prediction, extra)
+            lab = _label_at(label, s.shape)
+            if self.per_image:
+                vals = _per_image_values(per_image_metrics(s, lab)) if n_anom else {}
+                self.images[canon].append((index, {"name": name, "n_anomaly": n_anom, **vals}))
+            for metric in self.metrics[canon].values():
+                metric.update(s, lab)
+            self.method_seconds[canon] += time.perf_counter() - t0
+
+    def merge(self, other: DatasetEval) -> DatasetEval:
+        """Add the state of another shard of the same dataset and methods; returns self."""
+        if (other.name, other.specs, other.metric_mode) != (self.name, self.specs, self.metric_mode):
+            raise InputError(
+                f"cannot merge the evaluation of {other.name!r} ({other.metric_mode}, "
+                f"{len(other.specs)} methods) into {self.name!r} ({self.metric_mode}, "
+                f"{len(self.specs)} methods); expected the same dataset, methods and mode"
+            )
+        for canon, mine in self.metrics.items():
+            for key, metric in mine.items():
+                metric.merge(other.metrics[canon][key])
+            self.images[canon].extend(other.images[canon])
+            self.method_seconds[canon] += other.method_seconds[canon]
+        self.n_used += other.n_used
+        self.n_skipped += other.n_skipped
+        self.forward_seconds += other.forward_seconds
+        self.wall_seconds = max(self.wall_seconds, other.wall_seconds)
+        return self
+
+    def results(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """method -> metric name -> its ``compute()`` ({} for a dataset with no image used)."""
+        return {
+            canon: {k: (m.compute() if self.n_used else {}) for k, m in mine.items()}
+            for canon, mine in self.metrics.items()
+        }
+
+    def rows(
+        self,
+        results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+        model: str = "",
+        input_size: tuple[int, int] | None = None,
+    ) -> list[EvalRow]:
+        """One EvalRow per method. ``seconds`` splits the wall time in proportion to each
+        method's scoring time plus an equal share of the forward time, so the rows add up to
+        the wall time even though scoring overlaps the forward."""
+        n = len(self.specs)
+        work = sum(self.method_seconds.values()) + self.forward_seconds
+        rows = []
+        for canon, _, _ in self.specs:
+            res = results[canon].get("pixel", {})
+            own = self.method_seconds[canon] + self.forward_seconds / n
+            rows.append(
+                EvalRow(
+                    dataset=self.name,
+                    method=canon,
+                    auprc=float(res.get("auprc", float("nan"))),
+                    fpr95=float(res.get("fpr95", float("nan"))),
+                    auroc=float(res.get("auroc", float("nan"))),
+                    n_images=self.n_used,
+                    n_skipped=self.n_skipped,
+                    seconds=self.wall_seconds * own / work if work > 0 else self.wall_seconds / n,
+                    forward_seconds=self.forward_seconds,
+                    method_seconds=self.method_seconds[canon],
+                    wall_seconds=self.wall_seconds,
+                    metric_mode=self.metric_mode,
+                    model=model,
+                    input_size=input_size,
+                    per_image=[v for _, v in sorted(self.images[canon], key=lambda e: e[0])],
+                )
+            )
+        return rows
+
+
+class _Background:
+    """One worker thread running submitted calls in order, at most ``depth`` waiting.
+
+    The scoring of image i runs while the main thread decodes and forwards image i+1 (torch
+    and numpy release the GIL in their kernels); ``depth`` bounds the predictions held in
+    memory. An exception of a call is raised in the main thread at the next submit or drain.
+    """
+
+    def __init__(self, enabled: bool = True, depth: int = 2) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.depth = depth
+        self._ex = ThreadPoolExecutor(1, thread_name_prefix="anomseg-score") if enabled else None
+        self._pending: deque[Any] = deque()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._ex is None:
+            fn(*args)
+            return
+        self._pending.append(self._ex.submit(fn, *args))
+        while len(self._pending) > self.depth:
+            self._pending.popleft().result()
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        if self._ex is not None:
+            for f in self._pending:
+                f.cancel()
+            self._ex.shutdown(wait=True)
+            self._pending.clear()
+
+
+def _timed(it: Iterator[Any], acc: DatasetEval) -> Iterator[Any]:
+    """Yield from ``it``, adding the time spent waiting for each item to ``acc``."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        acc.forward_seconds += time.perf_counter() - t0
+        yield item
+
+
 def evaluate(
     predictor: Any,
     datasets: Sequence[PairedDataset],
     methods: Sequence[str],
     metric_mode: str = "exact",
     progress: bool = True,
-    batch_size: int = 1,
+    batch_size: int | str = 1,
     num_workers: int = 0,
     skip_without_anomaly: bool = True,
     per_image: bool = True,
     on_image: Callable[[str, int, int], None] | None = None,
     extra: Mapping[str, Any] | None = None,
+    overlap: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> list[EvalRow]:
     """Evaluate every method on every dataset from ONE forward per image; rows dataset x method.
 
     ``on_image(dataset_name, done, total)`` is called once per image, after its forward (job
     progress bars; it may raise to cancel the run). ``extra`` maps names such as ``head:3`` to
-    scorer specs known only to this run (``anomseg.models.heads.head_spec``).
+    scorer specs known only to this run (``anomseg.models.heads.head_spec``). ``overlap``
+    scores image i in a background thread while image i+1 is forwarded. ``batch_size`` may be
+    ``"auto"`` (from free device memory, ``Predictor.auto_batch_size``).
+
+    Multi-process (``rank``/``world`` > 1, a ``torch.distributed`` group initialised, see
+    ``anomseg.distributed``): this rank evaluates images ``rank, rank + world, ...`` and the
+    shards are merged on rank 0, which returns the rows a single process would; other ranks
+    return [].
     """
     from tqdm.auto import tqdm
 
-    from anomseg.metrics import AnomalyMetrics
-    from anomseg.metrics import per_image as per_image_metrics
-
     check_metric_mode(metric_mode)
     specs = parse_methods(methods, extra)
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"rank {rank} of world size {world}; expected 0 <= rank < world")
+    if batch_size == "auto":
+        batch_size = predictor.auto_batch_size()
     rows: list[EvalRow] = []
     for ds in datasets:
-        metrics = {canon: AnomalyMetrics(mode=metric_mode) for canon, _, _ in specs}
-        per_img: dict[str, list[dict[str, Any]]] = {canon: [] for canon, _, _ in specs}
-        method_s = dict.fromkeys(metrics, 0.0)
-        n_used = n_skipped = 0
+        acc = DatasetEval(ds.name, specs, metric_mode, per_image, skip_without_anomaly)
+        shard = range(rank, len(ds), world)
         t_start = time.perf_counter()
         bar = tqdm(
-            total=len(ds), desc=f"eval {ds.name}", unit="img", disable=not progress, file=sys.stderr
-        )
+            total=len(shard), desc=f"eval {ds.name}", unit="img", disable=not progress,
+            file=sys.stderr,
+        )  # fmt: skip
         # images without anomaly pixels are skipped before their forward, not after it
         skip = _has_no_anomaly if skip_without_anomaly else None
         it = predictor.predict_dataset(
-            ds, batch_size=batch_size, num_workers=num_workers, skip=skip
+            ds, batch_size=batch_size, num_workers=num_workers, skip=skip, indices=shard
         )
-        for done, (name, pred, label) in enumerate(it, start=1):
-            bar.update(1)
-            if on_image is not None:
-                on_image(ds.name, done, len(ds))
-            if label is None:
-                raise InputError(f"dataset {ds.name!r}: image {name!r} has no label to score")
-            if pred is None:
-                n_skipped += 1
+        scorer = _Background(enabled=overlap)
+        try:
+            for done, (index, (name, pred, label)) in enumerate(
+                zip(shard, _timed(iter(it), acc), strict=True), start=1
+            ):
+                bar.update(1)
+                if on_image is not None:
+                    on_image(ds.name, done, len(shard))
+                if label is None:
+                    raise InputError(f"dataset {ds.name!r}: image {name!r} has no label to score")
+                if pred is None:
+                    scorer.submit(acc.skip)
+                else:
+                    scorer.submit(acc.add, index, name, pred, label, extra)
+            scorer.drain()
+        finally:
+            scorer.close()
+            bar.close()
+        acc.wall_seconds = time.perf_counter() - t_start
+        if world > 1:
+            from anomseg.distributed import merge_on_rank0
+
+            acc = merge_on_rank0(acc)
+            if acc is None:  # not rank 0: its shard now lives in rank 0's result
                 continue
-            label = _label_at(label, pred.size)
-            n_anom = int((label == ANOMALY).sum())
-            if skip_without_anomaly and n_anom == 0:  # lost by resizing: as the seed, skip it
-                n_skipped += 1
-                continue
-            n_used += 1
-            for canon, sname, params in specs:
-                t0 = time.perf_counter()
-                s = method_scores(sname, params, pred, extra)
-                lab = _label_at(label, s.shape)
-                if per_image:
-                    vals = _per_image_values(per_image_metrics(s, lab)) if n_anom else {}
-                    per_img[canon].append({"name": name, "n_anomaly": n_anom, **vals})
-                metrics[canon].update(s, lab)
-                method_s[canon] += time.perf_counter() - t0
-        bar.close()
-        wall = time.perf_counter() - t_start
-        forward_s = max(wall - sum(method_s.values()), 0.0)
-        for canon, _, _ in specs:
-            res = metrics[canon].compute() if n_used else {}
-            rows.append(
-                EvalRow(
-                    dataset=ds.name,
-                    method=canon,
-                    auprc=float(res.get("auprc", float("nan"))),
-                    fpr95=float(res.get("fpr95", float("nan"))),
-                    auroc=float(res.get("auroc", float("nan"))),
-                    n_images=n_used,
-                    n_skipped=n_skipped,
-                    seconds=method_s[canon] + forward_s / len(specs),
-                    forward_seconds=forward_s,
-                    method_seconds=method_s[canon],
-                    metric_mode=metric_mode,
-                    model=getattr(predictor, "model_key", ""),
-                    input_size=getattr(predictor, "input_size", None),
-                    per_image=per_img[canon],
-                )
+        results = acc.results()
+        acc.wall_seconds = time.perf_counter() - t_start
+        rows.extend(
+            acc.rows(
+                results,
+                model=getattr(predictor, "model_key", ""),
+                input_size=getattr(predictor, "input_size", None),
             )
+        )
     return rows
 
 

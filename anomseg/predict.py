@@ -127,6 +127,49 @@ def _parse_size(size: Any) -> Size | None:
     return h, w
 
 
+def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead (decoding with Pillow
+    and numpy releases the GIL, so it runs while the caller's forward does)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():  # a consumer that stopped early must not leave us blocked
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((done, exc))
+
+    t = threading.Thread(target=feed, daemon=True, name="anomseg-prefetch")
+    t.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
 class Predictor:
     """Runs a model once per image and input size and caches the ``Prediction``.
 
@@ -143,9 +186,19 @@ class Predictor:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         cache: PredictionCache | None = None,
         autocast: bool = True,
+        channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        if channels_last and self.device.type == "cuda":
+            # cuDNN convolutions (and bf16 tensor cores) want NHWC; the input is NHWC already
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # torch.compile traces on the first batch of each shape (minutes for a ViT-L): opt-in
+        self._predict_batch = (
+            torch.compile(self.model.predict_batch) if compile else self.model.predict_batch
+        )
+        self._copy_stream: Any = None
         self.arch = str(getattr(model, "arch", type(model).__name__))
         self.num_classes = int(getattr(model, "num_classes", 19))
         if isinstance(input_size, str):
@@ -183,19 +236,60 @@ class Predictor:
 
     # ------------------------------------------------------------------ forward
 
-    def forward_arrays(self, batch: Sequence[np.ndarray], meta: Sequence[dict]) -> list[Prediction]:
-        """Run the model on already-resized uint8 images of one size; returns one Prediction each."""
-        x = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
+    def _input(self, batch: Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 (B, H, W, 3) images -> float (B, 3, H, W) in [0, 1] on the device."""
+        x = torch.from_numpy(np.stack(batch))
+        if self.device.type == "cuda":
+            # pinned host memory, copied on a side stream: the copy of this batch overlaps
+            # whatever the compute stream still runs
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(self.device)
+            x = x.pin_memory()
+            compute = torch.cuda.current_stream(self.device)
+            with torch.cuda.stream(self._copy_stream):
+                xd = x.to(self.device, non_blocking=True)
+            compute.wait_stream(self._copy_stream)
+            xd.record_stream(compute)
+            x = xd
         # (B, H, W, 3) viewed as (B, 3, H, W) is channels-last: left so on purpose, CPU
-        # convolutions run about twice as fast on it as on a contiguous copy
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        # convolutions run about twice as fast on it as on a contiguous copy (and cuDNN too)
+        return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+    def _outputs_to_cpu(self, out: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        """The batch's output fields as float32 CPU tensors (one device->host copy each)."""
+        if self.device.type != "cuda":
+            return {name: out.get(name) for name in PREDICTION_FIELDS}
+        host: dict[str, torch.Tensor | None] = {}
+        compute = torch.cuda.current_stream(self.device)
+        self._copy_stream.wait_stream(compute)
+        with torch.cuda.stream(self._copy_stream):
+            for name in PREDICTION_FIELDS:
+                t = out.get(name)
+                if t is None:
+                    host[name] = None
+                    continue
+                t = t.float()
+                t.record_stream(self._copy_stream)
+                buf = torch.empty(t.shape, dtype=torch.float32, pin_memory=True)
+                host[name] = buf.copy_(t, non_blocking=True)
+        self._copy_stream.synchronize()
+        return host
+
+    def forward_arrays(self, batch: Sequence[np.ndarray], meta: Sequence[dict]) -> list[Prediction]:
+        """Run the model on already-resized uint8 images of one size; returns one Prediction each.
+
+        One code path for every batch size on every device: a batch of N gives the N
+        Predictions that N single forwards give (tests check it on CPU).
+        """
+        x = self._input(batch)
         amp = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.autocast
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), amp:
-            out = self.model.predict_batch(x)
+            out = self._predict_batch(x)
+            out = self._outputs_to_cpu(out)
         self.forward_calls += 1
         preds = []
         for i, m in enumerate(meta):
@@ -236,6 +330,27 @@ class Predictor:
                         self.cache.put(items[j][1], pred)
                     results[j] = pred
         return results  # type: ignore[return-value]
+
+    def auto_batch_size(
+        self, image_hw: Size | None = None, max_batch: int = 64, budget: float = 0.8
+    ) -> int:
+        """The batch size for this device: on CUDA the most images whose forward fits in
+        ``budget`` of the free memory, from the peak memory of a one-image probe forward
+        (outputs included); 1 on CPU, where a batch is no faster than its images one by one.
+        """
+        if self.device.type != "cuda":
+            return 1
+        hw = self.input_size or image_hw
+        if hw is None:
+            raise InputError("auto batch size at native input size needs the image size (H, W)")
+        probe = np.zeros((*hw, 3), dtype=np.uint8)
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.forward_arrays([probe], [{}])
+        per_image = max(torch.cuda.max_memory_allocated(self.device) - base, 1)
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(max_batch, (budget * free) // per_image)))
 
     # ------------------------------------------------------------------ public
 
@@ -280,14 +395,17 @@ class Predictor:
         num_workers: int = 0,
         use_cache: bool = True,
         skip: Callable[[np.ndarray | None], bool] | None = None,
+        indices: Sequence[int] | None = None,
     ) -> Iterator[tuple[str, Prediction | None, np.ndarray | None]]:
-        """Yield ``(name, Prediction, label at the input size)`` over a paired dataset.
+        """Yield ``(name, Prediction, label at the input size)`` over a paired dataset (or the
+        images ``indices`` of it, in that order: a rank's shard).
 
-        Images are decoded, hashed and resized in DataLoader workers; labels are resized with
-        nearest neighbour to the input size (the seed protocol). Images whose label ``skip``
-        refuses are not run: they are yielded with ``None`` as their prediction.
+        Images are decoded, hashed and resized ahead of the forward: in DataLoader workers
+        (``num_workers`` > 0, two batches each in flight) or in one prefetch thread; labels are
+        resized with nearest neighbour to the input size (the seed protocol). Images whose
+        label ``skip`` refuses are not run: they are yielded with ``None`` as their prediction.
         """
-        from torch.utils.data import DataLoader
+        from torch.utils.data import DataLoader, Subset
 
         from anomseg.data.benchmark import PairTensorDataset
 
@@ -295,14 +413,18 @@ class Predictor:
             raise InputError(f"batch size {batch_size}; expected >= 1")
         if num_workers < 0:
             raise InputError(f"number of workers {num_workers}; expected >= 0")
+        items: Any = PairTensorDataset(dataset, self.input_size)
+        if indices is not None:
+            items = Subset(items, list(indices))
         loader = DataLoader(
-            PairTensorDataset(dataset, self.input_size),
+            items,
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=list,
             shuffle=False,
         )
-        for batch in loader:
+        batches = iter(loader) if num_workers else prefetched(loader)
+        for batch in batches:
             preds: list[Prediction | None] = []
             run: list[bool] = []
             misses: list[tuple[np.ndarray, tuple, dict]] = []
