@@ -38,10 +38,11 @@ def register_dataset(
     *,
     check_root: bool = True,
 ) -> Dataset:
-    """Create a dataset, or return the existing one of that name if it matches.
+    """Create a dataset, or return the existing one of that name if role and root match.
 
     Changing the role of an existing dataset is refused: a benchmark silently turned into
-    training data would poison every leaderboard row.
+    training data would poison every leaderboard row. Moving it to another root is refused too:
+    its images (and the flags painted on them) would silently become other pictures.
     """
     _check_role(role)
     if not name or len(name) > 200:
@@ -58,7 +59,12 @@ def register_dataset(
                 f"dataset {name!r} is already registered with role {existing.role!r}; "
                 f"refusing to change it to {role!r}"
             )
-        existing.root = str(root_path)
+        if check_root and Path(existing.root).resolve() != root_path:
+            raise InputError(
+                f"dataset {name!r} is already registered with root {existing.root}; refusing to "
+                f"move it to {root_path} (its images and flags would change meaning): register "
+                "the new folder under another name"
+            )
         existing.layout = layout or existing.layout
         if label_remap is not None:
             existing.label_remap = dict(label_remap)
@@ -119,6 +125,10 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             return int(im.width), int(im.height)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path} is not a readable image ({exc})") from None
+    except PILImage.DecompressionBombError as exc:
+        raise InputError(
+            f"{path}: image is too large, a possible decompression bomb ({exc})"
+        ) from None
 
 
 def add_image(
@@ -132,8 +142,13 @@ def add_image(
     if img is None:
         img = Image(dataset_id=dataset.id, path=rel, sha256=sha256, width=width, height=height)
         session.add(img)
-    else:
-        img.sha256, img.width, img.height = sha256, width, height
+    elif (img.sha256, img.width, img.height) != (sha256, width, height):
+        # flags and cached features are keyed to the registered pixels: never rewrite them
+        raise InputError(
+            f"image {rel!r} of dataset {dataset.name!r} changed since it was registered (sha256 "
+            f"{img.sha256[:12]}… {img.width}x{img.height}, now {sha256[:12]}… {width}x{height}); "
+            "register the changed folder as a new dataset"
+        )
     session.flush()
     return img
 
@@ -181,13 +196,21 @@ def register_model(
     input_size: tuple[int, int] | None = None,
     meta: Mapping[str, Any] | None = None,
     sha256: str | None = None,
+    replace: bool = False,
 ) -> Model:
-    """Create or update a model entry; the checkpoint is hashed unless ``sha256`` is given."""
+    """Create a model entry (the checkpoint is hashed unless ``sha256`` is given).
+
+    The same name with the same architecture and checkpoint hash updates the entry in place.
+    Another checkpoint under an existing name is refused unless ``replace``: then the old row is
+    retired under ``NAME@<sha8>`` with its heads, flags and results, so nothing trained or
+    measured on the old weights is ever scored against the new ones.
+    """
     if not name or len(name) > 200:
         raise InputError(f"model name {name!r} must be 1..200 characters")
     ckpt = None
     if checkpoint_path is not None:
-        ckpt = str(Path(checkpoint_path).expanduser())
+        # absolute, so the model loads from whatever directory the app or a worker runs in
+        ckpt = str(Path(checkpoint_path).expanduser().resolve())
         if sha256 is None:
             if not Path(ckpt).is_file():
                 raise InputError(f"model {name!r}: checkpoint {ckpt} does not exist")
@@ -195,16 +218,39 @@ def register_model(
     if input_size is not None and (len(input_size) != 2 or min(input_size) <= 0):
         raise InputError(f"model {name!r}: input size {input_size} must be (height, width) > 0")
     m = session.scalar(select(Model).where(Model.name == name))
+    retired = None
+    if m is not None and (m.architecture, m.checkpoint_sha256) != (architecture, sha256):
+        if not replace:
+            raise InputError(
+                f"model {name!r} is already registered ({m.architecture}, checkpoint "
+                f"{m.checkpoint_path}, sha256 {(m.checkpoint_sha256 or '-')[:12]}); pass --replace "
+                "to register the new checkpoint under this name (the old one keeps its heads, "
+                "flags and results under a new name)"
+            )
+        retired = retire_model(session, m)
+        m = None
     if m is None:
         m = Model(name=name, architecture=architecture)
         session.add(m)
     m.architecture = architecture
     m.checkpoint_path, m.checkpoint_sha256 = ckpt, sha256
     m.input_h, m.input_w = (int(input_size[0]), int(input_size[1])) if input_size else (None, None)
-    if meta is not None:
-        m.meta = dict(meta)
+    if meta is not None or retired is not None:
+        m.meta = {**dict(meta or m.meta or {}), **({"replaces": retired} if retired else {})}
     session.flush()
     return m
+
+
+def retire_model(session: Session, model: Model) -> str:
+    """Rename ``model`` to ``NAME@<sha8>`` (unique) so its name is free; returns the new name."""
+    base = f"{model.name[:180]}@{(model.checkpoint_sha256 or 'nockpt')[:8]}"
+    new, n = base, 1
+    while session.scalar(select(Model.id).where(Model.name == new)) is not None:
+        n += 1
+        new = f"{base}-{n}"
+    model.name = new
+    session.flush()
+    return new
 
 
 def get_model(session: Session, name_or_id: str | int) -> Model:

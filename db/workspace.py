@@ -17,7 +17,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,23 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 Progress = Callable[[float, str], None]
 
 
+def _demo_default(key: str) -> Any:
+    from anomseg.world.demo_data import DEFAULT_COUNTS, DEFAULT_SIZE
+
+    return tuple(DEFAULT_SIZE) if key == "size" else DEFAULT_COUNTS[key]
+
+
 @dataclass(frozen=True)
 class DemoSizes:
     """How much demo data to build; tests use a tiny one."""
 
-    n_train: int = 120
-    n_heldout: int = 24
-    n_obstacles: int = 20
-    n_anomalies: int = 20
-    size: tuple[int, int] = (512, 1024)
+    # the same numbers as `anomseg demo build` and the README (anomseg.world.demo_data; read
+    # when a DemoSizes is made, so importing the store does not import the world)
+    n_train: int = field(default_factory=lambda: _demo_default("train"))
+    n_heldout: int = field(default_factory=lambda: _demo_default("heldout"))
+    n_obstacles: int = field(default_factory=lambda: _demo_default("demo-obstacles"))
+    n_anomalies: int = field(default_factory=lambda: _demo_default("demo-anomalies"))
+    size: tuple[int, int] = field(default_factory=lambda: _demo_default("size"))
     accepted_fraction: float = 0.75
     workers: int = 2
 
@@ -116,7 +124,7 @@ class Workspace:
         from anomseg.data.benchmark import BenchmarkDataset
         from db import catalog
 
-        root_path = Path(root).expanduser()
+        root_path = Path(root).expanduser().resolve()  # image paths are stored relative to it
         if not root_path.is_dir():
             raise DatasetError(f"dataset {name!r}: root {root_path} is not a directory")
         ds = BenchmarkDataset(root_path, remap="auto" if remap is None else remap)
@@ -136,15 +144,27 @@ class Workspace:
             return row.id
 
     def register_folder(self, name: str, root: str | os.PathLike, role: str, layout: str) -> int:
-        """Register every image under ``<root>/images`` (segmentation or synthetic layouts)."""
+        """Register every image under ``<root>/images`` (segmentation or synthetic layouts).
+
+        Validated like an eval dataset before anything is stored: every image is decoded (bombs,
+        truncated files), and anomaly labels (``labels_masks/``), where present, are checked
+        for pairing, size and values.
+        """
+        from anomseg.data.benchmark import BenchmarkDataset
+        from anomseg.imageio import open_image
         from db import catalog
 
-        root_path = Path(root).expanduser()
+        root_path = Path(root).expanduser().resolve()
         images = sorted(
             p for p in (root_path / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
         )
         if not images:
             raise DatasetError(f"dataset {name!r}: no images under {root_path / 'images'}")
+        if (root_path / BenchmarkDataset.LABELS_DIR).is_dir():
+            BenchmarkDataset(root_path, remap="auto").validate()
+        else:
+            for p in images:
+                open_image(p).close()
         with self.store.session() as s:
             row = catalog.register_dataset(s, name, role, root_path, layout=layout)
             catalog.register_images(s, row, images)
@@ -158,13 +178,18 @@ class Workspace:
         input_size: tuple[int, int] | None = None,
         options: dict | None = None,
         meta: dict | None = None,
+        replace: bool = False,
     ) -> int:
-        """Register a model; the checkpoint is loaded once strictly so a wrong one is refused."""
+        """Register a model; the checkpoint is loaded once strictly so a wrong one is refused.
+
+        Another checkpoint under an existing name needs ``replace`` (``catalog.register_model``).
+        """
         from anomseg.models import create_model
         from db import catalog
 
         options = dict(options or {})
         if checkpoint is not None:
+            checkpoint = Path(checkpoint).expanduser().resolve()
             create_model(architecture, checkpoint=checkpoint, **_tuples(options))
         with self.store.session() as s:
             row = catalog.register_model(
@@ -174,15 +199,17 @@ class Workspace:
                 checkpoint,
                 input_size=input_size,
                 meta={**(meta or {}), "options": options},
+                replace=replace,
             )
             return row.id
 
     # --- the built-in world ------------------------------------------------------------------
 
     def bootstrap_demo(
-        self, progress: Progress | None = None, sizes: DemoSizes = DemoSizes(), seed: int = 0
+        self, progress: Progress | None = None, sizes: DemoSizes | None = None, seed: int = 0
     ) -> dict:
         """Build the demo data (if missing), register its datasets, samples and demo models."""
+        sizes = sizes or DemoSizes()
         from anomseg.world.demo_data import build_demo
 
         say = progress or (lambda f, m: None)
@@ -258,6 +285,7 @@ class Workspace:
                 input_size=tuple(meta["input_size"]),
                 options=meta.get("options", {}),
                 meta={k: v for k, v in meta.items() if k != "options"},
+                replace=True,  # newer demo weights: older heads stay with the older weights
             )
             names.append(meta["name"])
         return names
@@ -281,14 +309,19 @@ class Workspace:
     def predictor(self, name: str):
         """The process-wide Predictor of a registered model (LRU of MAX_LOADED_MODELS)."""
         from anomseg.predict import Predictor
+        from db import catalog
 
+        # keyed by checkpoint hash too: a model replaced under its name (add-model --replace)
+        # is reloaded by a running app instead of serving the old weights under the new name
+        with self.store.read() as s:
+            key = f"{name}@{catalog.get_model(s, name).checkpoint_sha256 or ''}"
         with self._lock:
-            if name in self._predictors:
-                self._predictors.move_to_end(name)
-                return self._predictors[name]
+            if key in self._predictors:
+                self._predictors.move_to_end(key)
+                return self._predictors[key]
         pred = Predictor(self.load_model(name))
         with self._lock:
-            self._predictors[name] = pred
+            self._predictors[key] = pred
             while len(self._predictors) > self.MAX_LOADED_MODELS:
                 self._predictors.popitem(last=False)
         return pred

@@ -27,16 +27,27 @@ def run_add_dataset(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from anomseg.cli.eval_cmd import parse_remap
+    from anomseg.errors import InputError
+    from db import catalog
     from db.workspace import Workspace
 
     remap = parse_remap(args.remap)
+    root = Path(args.root).expanduser().resolve()  # relative to where the command runs
     ws = Workspace.open(args.workspace, args.url)
-    name = args.name or Path(args.root).resolve().name
+    name = args.name or root.name
+    with ws.store.read() as s:
+        old = {d.name: d for d in catalog.list_datasets(s)}.get(name)
+        if old is not None:
+            # never re-point a dataset: flags painted on its images would land on other pictures
+            raise InputError(
+                f"dataset {name!r} is already registered (id {old.id}, role {old.role}, root "
+                f"{old.root}); pick another --name for {root}"
+            )
     if args.role == "eval":
-        ds_id = ws.register_benchmark(name, args.root, remap=None if remap == "auto" else remap)
+        ds_id = ws.register_benchmark(name, root, remap=None if remap == "auto" else remap)
     else:
-        ds_id = ws.register_folder(name, args.root, args.role, layout="segmentation")
-    print(f"registered dataset {name!r} (id {ds_id}, role {args.role})")
+        ds_id = ws.register_folder(name, root, args.role, layout="segmentation")
+    print(f"registered dataset {name!r} (id {ds_id}, role {args.role}, root {root})")
     return 0
 
 
@@ -45,11 +56,18 @@ def add_arguments_add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="architecture (see `anomseg models`)")
     p.add_argument("--checkpoint", required=True, help=".pth / .bin / .safetensors file")
     p.add_argument("--input-size", default=None, help="HEIGHTxWIDTH the model runs at")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="register a new checkpoint under an existing name (the old one is kept, renamed, "
+        "with its heads, flags and results)",
+    )
     _workspace_arg(p)
 
 
 def run_add_model(args: argparse.Namespace) -> int:
     from anomseg.cli.eval_cmd import parse_size
+    from db import catalog
     from db.workspace import Workspace
 
     size = parse_size(args.input_size)
@@ -57,7 +75,17 @@ def run_add_model(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace, args.url)
     options = {"input_size": list(size)} if size else {}
     model_id = ws.register_checkpoint(
-        args.name, args.arch, args.checkpoint, input_size=size, options=options
-    )
-    print(f"registered model {args.name!r} (id {model_id}, {args.arch})")
+        args.name, args.arch, args.checkpoint, input_size=size, options=options,
+        replace=args.replace,
+    )  # fmt: skip
+    with ws.store.read() as s:
+        row = catalog.get_model(s, model_id)
+        replaced = (row.meta or {}).get("replaces") if args.replace else None
+        path = row.checkpoint_path
+    print(f"registered model {args.name!r} (id {model_id}, {args.arch}, {path})")
+    if replaced:
+        print(
+            f"the previous checkpoint is kept as model {replaced!r} with its heads, flags and "
+            "results; a running app loads the new weights on its next request"
+        )
     return 0
