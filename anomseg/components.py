@@ -273,9 +273,9 @@ class ComponentMetrics:
 
 
 def _np(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().float().cpu().numpy()
-    return np.asarray(a)
+    from anomseg.metrics import _to_numpy
+
+    return _to_numpy(a)
 
 
 def per_image_values(comp: ImageComponents) -> dict[str, float]:
