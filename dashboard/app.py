@@ -41,7 +41,12 @@ def build_app(workspace: Any, services: Services | None = None) -> gr.Blocks:
     ) as app:
         gr.HTML(HEADER_HTML)
         status = gr.Markdown(elem_id="anomseg-status")
-        ctx = Context(svc)
+
+        @guarded
+        def header():
+            return svc.header_markdown()
+
+        ctx = Context(svc, header=status, header_fn=header)
         with gr.Tabs(selected="compare") as tabs:
             ctx.tabs = tabs
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
@@ -54,10 +59,6 @@ def build_app(workspace: Any, services: Services | None = None) -> gr.Blocks:
                 retrain.build(ctx)
             with gr.Tab("Leaderboard", id="leaderboard", elem_id="tab-leaderboard") as lb_tab:
                 leaderboard.build(ctx)
-
-        @guarded
-        def header():
-            return svc.header_markdown()
 
         def _wire(event: Callable[..., Any], key: str) -> None:
             fn, inputs, outputs = ctx[key]

@@ -12,8 +12,10 @@ import gradio as gr
 import pandas as pd
 
 from anomseg.errors import InputError
+from dashboard import panels as panel_html
 from dashboard import render
-from dashboard.services import THRESHOLD_MODES, CompareStyle, ParamChoice, Services
+from dashboard.scales import scale_of
+from dashboard.services import THRESHOLD_MODES, CompareResult, CompareStyle, ParamChoice, Services
 from dashboard.ui import Context, guarded
 
 EMPTY_TABLE = pd.DataFrame(columns=["method", "spec", "AuPRC %", "FPR95 %"])
@@ -95,7 +97,12 @@ def build(ctx: Context) -> None:
             )
             with gr.Row():
                 opacity = gr.Slider(
-                    0, 1, 0.6, step=0.05, label="Heat-map opacity", elem_id="compare-opacity"
+                    0,
+                    1,
+                    render.DEFAULT_OPACITY,
+                    step=0.05,
+                    label="Heat-map opacity (at the top of the colour range)",
+                    elem_id="compare-opacity",
                 )
                 thr_mode = gr.Radio(
                     list(THRESHOLD_MODES),
@@ -114,10 +121,14 @@ def build(ctx: Context) -> None:
                 )
             with gr.Row():
                 shared = gr.Checkbox(
-                    False, label="One shared colour scale", elem_id="compare-shared"
+                    False,
+                    label="Shared colour scale for methods in the same units",
+                    elem_id="compare-shared",
                 )
                 show_gt = gr.Checkbox(
-                    True, label="Ground-truth outline (green)", elem_id="compare-gt"
+                    True,
+                    label="Ground truth: anomaly outline (green), ignore region (darkened)",
+                    elem_id="compare-gt",
                 )
                 cmap = gr.Dropdown(render.COLORMAPS.names(), value="inferno", label="Colour map")
             with gr.Accordion("Method parameters", open=False):
@@ -132,14 +143,13 @@ def build(ctx: Context) -> None:
                     )
                     for p in params
                 ]
-            panels = gr.Gallery(
-                label="Methods side by side (click a panel for the full-size view)",
-                columns=3,
-                height="auto",
-                allow_preview=False,
-                buttons=[],
-                object_fit="contain",
-                format="jpeg",
+            gr.Markdown(
+                "**Methods side by side**: click a panel for the full-size view.",
+                elem_classes=["anomseg-note"],
+            )
+            panels = gr.HTML(
+                panel_html.panels_html([], "inferno", render.DEFAULT_OPACITY),
+                js_on_load=panel_html.PANELS_JS,
                 elem_id="compare-panels",
             )
             notes = gr.Markdown(elem_classes=["anomseg-note"], elem_id="compare-notes")
@@ -151,6 +161,7 @@ def build(ctx: Context) -> None:
                 full_method = gr.Dropdown(
                     label="Full-size view of", choices=[], elem_id="compare-full-method"
                 )
+            full_info = gr.Markdown(elem_id="compare-full-info")
             full = gr.Image(
                 label="Full-size view",
                 type="numpy",
@@ -173,27 +184,34 @@ def build(ctx: Context) -> None:
         )
 
     @guarded
-    def run_compare(m, img, names, op, mode, t, sh, gt, cm, ds, *pvals, progress=gr.Progress()):
+    def run_compare(
+        m, img, names, op, mode, t, sh, gt, cm, ds, *rest, progress=gr.Progress()
+    ):
+        *pvals, full_name = rest
         if not m:
             raise InputError("no model is registered in this workspace (see `anomseg add-model`)")
         if not img or int(img) <= 0:
+            empty = panel_html.panels_html([], cm or "inferno", float(op))
             return (
-                [],
+                empty,
                 "Pick an image on the left (or upload one).",
                 EMPTY_TABLE,
                 [],
-                gr.update(),
+                gr.update(choices=[], value=None),
+                "",
+                None,
                 "",
             )
+        style = _style(op, mode, t, sh, gt, cm, ds)
+        pdict = params_dict(params, pvals)
         res = svc.compare(
             m,
             int(img),
             list(names or []),
-            params_dict(params, pvals),
-            _style(op, mode, t, sh, gt, cm, ds),
+            pdict,
+            style,
             progress=lambda f, msg: progress(f, desc=msg),
         )
-        items = [(p.image, p.caption) for p in res.panels]
         v = res.view
         info = (
             f"**#{v.image_id} {v.name}** · {v.dataset} ({v.role}) · stored "
@@ -201,18 +219,73 @@ def build(ctx: Context) -> None:
             + ("" if v.gt is not None else " · no ground truth")
         )
         note_lines = list(dict.fromkeys(res.notes)) + [f"rendered in {res.seconds * 1000:.0f} ms"]
-        choices = [(p.label, n) for p, n in zip(res.panels, names or [], strict=False)]
+        html = panel_html.panels_html(
+            _cards(res), style.cmap, style.opacity, legend=_legend(res, style)
+        )
+        shown_names = [p.name for p in res.panels]
+        choices = [(p.label, p.name) for p in res.panels]
+        # the full-size view always shows the current image: re-rendered with every change,
+        # cleared when its method is no longer shown
+        keep = full_name if full_name in shown_names else None
+        full_img, full_txt = _full(m, res, keep, pdict, style)
         return (
-            items,
+            html,
             " · ".join(note_lines),
             res.table(),
-            list(names or []),
-            gr.update(choices=choices),
+            shown_names,
+            gr.update(choices=choices, value=keep),
             info,
+            full_img,
+            full_txt,
         )
 
-    compare_inputs = [model, image_id, methods, *style_inputs, *sliders]
-    compare_outputs = [panels, notes, table, shown, full_method, image_info]
+    def _cards(res: CompareResult) -> list[panel_html.PanelCard]:
+        return [
+            panel_html.PanelCard(
+                p.name or p.spec,
+                p.label,
+                p.image,
+                p.vmin,
+                p.vmax,
+                p.unit or scale_of(p.name or p.spec).unit,
+                p.auprc,
+                p.fpr95,
+                p.threshold,
+            )
+            for p in res.panels
+        ]
+
+    def _legend(res: CompareResult, style: CompareStyle) -> str:
+        text = (
+            "Colour bars run from each map's median score to its 99.5th percentile (pixels the "
+            "ground truth ignores left out); below the median the image shows through."
+        )
+        if style.shared_scale:
+            groups: dict[str, list[str]] = {}
+            for p in res.panels:
+                groups.setdefault(scale_of(p.name).unit, []).append(p.label)
+            shared = [f"{', '.join(ls)} ({u})" for u, ls in groups.items() if len(ls) > 1]
+            text += (
+                " Shared scale: "
+                + ("; ".join(shared) if shared else "no two shown methods share units")
+                + "; every other method keeps its own range."
+            )
+        return text
+
+    def _full(m, res: CompareResult, name, pdict, style) -> tuple:
+        if not name:
+            return None, ""
+        p = next(p for p in res.panels if p.name == name)
+        v = res.view
+        img = svc.full_view(m, v.image_id, name, pdict, style, vrange=(p.vmin, p.vmax))
+        txt = (
+            f"Full-size view: **{p.label}** on **#{v.image_id} {v.name}** "
+            f"({img.shape[1]}×{img.shape[0]})"
+        )
+        return img, txt
+
+    compare_inputs = [model, image_id, methods, *style_inputs, *sliders, full_method]
+    compare_outputs = [panels, notes, table, shown, full_method, image_info, full, full_info]
     gr.on(
         triggers=[
             image_id.change,
@@ -267,15 +340,25 @@ def build(ctx: Context) -> None:
     upload.upload(on_upload, upload, [image_id, upload], api_name="upload")
 
     @guarded
-    def on_full(m, img, name, op, mode, t, sh, gt, cm, ds, *pvals):
-        if not m or not img or not name:
-            return None
-        return svc.full_view(
-            m, int(img), name, params_dict(params, pvals), _style(op, mode, t, sh, gt, cm, ds)
-        )
+    def on_full(m, img, names, name, op, mode, t, sh, gt, cm, ds, *pvals):
+        if not m or not img or int(img) <= 0 or not name:
+            return None, ""
+        style = _style(op, mode, t, sh, gt, cm, ds)
+        pdict = params_dict(params, pvals)
+        shown_names = [n for n in (names or []) if n]
+        if name not in shown_names:
+            shown_names.append(name)
+        # the same colour range as the method's panel (shared within units when asked)
+        view = svc.load_view(m, int(img))
+        maps = svc.score_maps(m, view, shown_names, pdict)
+        lo, hi = svc.colour_ranges(svc.model_key(m), view, maps, style.shared_scale)[name]
+        big = svc.full_view(m, int(img), name, pdict, style, vrange=(lo, hi))
+        label = {c.name: c.label for c in svc.method_choices(m)}.get(name, name)
+        txt = f"Full-size view: **{label}** on **#{view.image_id} {view.name}** "
+        return big, txt + f"({big.shape[1]}×{big.shape[0]})"
 
-    full_inputs = [model, image_id, full_method, *style_inputs, *sliders]
-    full_method.change(on_full, full_inputs, full, api_name="full_view")
+    full_inputs = [model, image_id, shown, full_method, *style_inputs, *sliders]
+    full_method.input(on_full, full_inputs, [full, full_info], api_name="full_view")
 
     def on_panel(names, evt: gr.SelectData):
         if evt is None or evt.index is None or not names:
@@ -283,7 +366,9 @@ def build(ctx: Context) -> None:
         idx = evt.index if isinstance(evt.index, int) else evt.index[0]
         return names[int(idx)] if 0 <= int(idx) < len(names) else gr.update()
 
-    panels.select(on_panel, shown, full_method, api_name=False)
+    panels.select(on_panel, shown, full_method, api_name=False).then(
+        on_full, full_inputs, [full, full_info], api_name=False
+    )
 
     ctx["compare.model"] = model
     ctx["compare.dataset"] = dataset

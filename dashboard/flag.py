@@ -74,6 +74,9 @@ def build(ctx: Context) -> None:
                 )
                 save_btn = gr.Button("Save flag", variant="primary", scale=1, elem_id="flag-save")
             status = gr.Markdown(elem_id="flag-status")
+            with gr.Accordion("Corrupt rows (quarantine)", open=False):
+                quarantine = gr.Markdown(elem_id="flag-quarantine")
+                check_btn = gr.Button("Check the store for corrupt rows", elem_id="flag-check")
         with gr.Column(scale=2):
             overlay = gr.Image(
                 label="Stored flags on this image",
@@ -146,12 +149,14 @@ def build(ctx: Context) -> None:
             "",
         )
 
-    save_btn.click(
-        save,
-        [model, image_id, method, kind, editor, note, *sliders],
-        [status, overlay, flags, editor, note],
-        api_name="save_flag",
-        concurrency_limit=8,
+    ctx.then_refresh_header(
+        save_btn.click(
+            save,
+            [model, image_id, method, kind, editor, note, *sliders],
+            [status, overlay, flags, editor, note],
+            api_name="save_flag",
+            concurrency_limit=8,
+        )
     )
 
     def pick(df, evt: gr.SelectData):
@@ -184,9 +189,17 @@ def build(ctx: Context) -> None:
         ov, df = refresh(img)
         return ov, df, 0, ""
 
-    delete_btn.click(
-        delete, [image_id, sel_id], [overlay, flags, sel_id, edit_note], api_name=False
+    ctx.then_refresh_header(
+        delete_btn.click(
+            delete, [image_id, sel_id], [overlay, flags, sel_id, edit_note], api_name=False
+        )
     )
+
+    @guarded
+    def check_store():
+        return svc.quarantine_markdown()
+
+    check_btn.click(check_store, None, quarantine, api_name=False)
 
     ctx["flag.method"] = method
     ctx["flag.load"] = (load_map, [model, image_id, method, *sliders], editor)

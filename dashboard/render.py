@@ -61,11 +61,23 @@ def colorize(score: np.ndarray, vmin: float, vmax: float, cmap: str = "inferno")
     return lut[idx]
 
 
+# Colour range of a heat map: from the image's median score to its 99.5th percentile. Anomalies
+# are a small share of a road scene, so everything at or below the median is left uncoloured and
+# the colour ramp is spent on the high tail, where the anomalies are.
+HEAT_RANGE_PCT = (50.0, 99.5)
+
+
 def robust_range(
-    score: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0
+    score: np.ndarray,
+    lo_pct: float = 1.0,
+    hi_pct: float = 99.0,
+    valid: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """Percentile range of the finite scores, so a few outliers do not wash out the map."""
+    """Percentile range of the finite scores (only where ``valid``, e.g. not ignored), so a few
+    outliers do not wash out the map."""
     s = np.asarray(score, dtype=np.float32)
+    if valid is not None and np.asarray(valid).shape == s.shape and np.asarray(valid).any():
+        s = s[np.asarray(valid, dtype=bool)]
     s = s[np.isfinite(s)]
     if s.size == 0:
         return 0.0, 1.0
@@ -85,9 +97,20 @@ def color_ranges(
     own = {k: robust_range(v, lo_pct, hi_pct) for k, v in maps.items()}
     if not shared or not own:
         return own
-    lo = min(r[0] for r in own.values())
-    hi = max(r[1] for r in own.values())
-    return {k: (lo, hi) for k in own}
+    return share_ranges(own, {k: "" for k in own})
+
+
+def share_ranges(
+    ranges: Mapping[str, tuple[float, float]], groups: Mapping[str, str]
+) -> dict[str, tuple[float, float]]:
+    """One range per group covering its members' ranges (methods in the same units share one;
+    a map in other units keeps its own group, so it is never squashed onto a foreign scale)."""
+    span: dict[str, tuple[float, float]] = {}
+    for k, (lo, hi) in ranges.items():
+        g = groups.get(k, k)
+        a, b = span.get(g, (lo, hi))
+        span[g] = (min(a, lo), max(b, hi))
+    return {k: span[groups.get(k, k)] for k in ranges}
 
 
 # --------------------------------------------------------------------------- geometry
@@ -146,17 +169,27 @@ THRESHOLD_COLOR = (0, 200, 255)
 FLAG_COLORS = {"fp": (255, 64, 64), "fn": (64, 160, 255), "ignore": (200, 200, 200)}
 
 
+IGNORE_DIM = 0.45  # ignore (not evaluated) pixels are drawn darker and never coloured
+DEFAULT_OPACITY = 0.9
+
+
 @dataclass(frozen=True)
 class PanelStyle:
-    """How one heat-map panel is drawn (everything a slider controls)."""
+    """How one heat-map panel is drawn (everything a slider controls).
 
-    opacity: float = 0.6
+    The heat colour's opacity grows with the score (0 at ``vmin``, ``opacity`` at ``vmax``) over
+    a grey copy of the image: low scores leave the street scene readable, high scores stand out
+    in colour. With a threshold, the region above it is coloured at ``opacity`` and outlined.
+    """
+
+    opacity: float = DEFAULT_OPACITY
     vmin: float = 0.0
     vmax: float = 1.0
     threshold: float | None = None
     cmap: str = "inferno"
     show_gt: bool = True
     outline_width: int = 2
+    grey_background: bool = True
 
 
 def blend(base: np.ndarray, top: np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
@@ -189,18 +222,30 @@ def render_panel(
     """
     if rgb.shape[:2] != score.shape:
         raise ValueError(f"image {rgb.shape[:2]} and score map {score.shape} differ in size")
+    base = greyscale(rgb) if style.grey_background else rgb
     heat = colorize(score, style.vmin, style.vmax, style.cmap)
     opacity = float(np.clip(style.opacity, 0.0, 1.0))
     if style.threshold is None:
-        out = blend(rgb, heat, opacity)
+        out = blend(base, heat, normalise(score, style.vmin, style.vmax) * opacity)
     else:
         above = score >= style.threshold
-        out = blend(rgb, heat, above.astype(np.float32) * opacity)
+        out = blend(base, heat, above.astype(np.float32) * opacity)
         out = paint(out, outline(above, 1), THRESHOLD_COLOR)
     if gt is not None and style.show_gt:
         g = resize_labels(gt, score.shape)
+        ignore = g == 255
+        if ignore.any():
+            dim = np.rint(base[ignore].astype(np.float32) * IGNORE_DIM).astype(np.uint8)
+            out[ignore] = dim
         out = paint(out, outline(g == 1, style.outline_width), GT_COLOR)
     return out
+
+
+def greyscale(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 luma copy (ITU-R 601 weights), so the heat colours are the only colour."""
+    luma = np.asarray(rgb, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    g = np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2)
 
 
 def threshold_mask_image(score: np.ndarray, threshold: float) -> np.ndarray:
@@ -220,6 +265,20 @@ def flag_overlay(
         tinted = blend(out, np.broadcast_to(color, out.shape), alpha)
         out = np.where(m[..., None], tinted, out)
         out = paint(out, outline(m, 2), tuple(int(c) for c in color))
+    return out
+
+
+def colorbar_stops(
+    cmap: str = "inferno", opacity: float = DEFAULT_OPACITY, n: int = 11, grey: int = 128
+) -> list[tuple[int, int, int]]:
+    """``n`` colours of the panel ramp from ``vmin`` to ``vmax`` as drawn over a mid-grey pixel
+    (heat opacity growing with the score, exactly as ``render_panel`` blends it)."""
+    lut = COLORMAPS.get(cmap)
+    out = []
+    for t in np.linspace(0.0, 1.0, n):
+        c = lut[int(round(t * (len(lut) - 1)))].astype(np.float32)
+        a = float(np.clip(opacity, 0, 1)) * t
+        out.append(tuple(int(round(grey * (1 - a) + v * a)) for v in c))
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from anomseg.errors import AnomsegError
+from dashboard.panels import PANELS_CSS
 
 log = logging.getLogger("anomseg.dashboard")
 
@@ -39,6 +40,7 @@ CSS = """
 .anomseg-progress-label { font-size: .85rem; margin-top: 4px; }
 footer { display: none !important; }
 """
+CSS += PANELS_CSS
 
 HEADER_HTML = """
 <div id="anomseg-header">
@@ -56,6 +58,14 @@ class Context:
     svc: Any
     tabs: Any = None
     parts: dict[str, Any] = field(default_factory=dict)
+    header: Any = None  # the header status line (counts of models, images, flags, heads)
+    header_fn: Callable[[], str] | None = None
+
+    def then_refresh_header(self, event: Any) -> Any:
+        """Chain a header refresh after ``event``, so its counts never lag behind a change."""
+        if self.header is None or self.header_fn is None:
+            return event
+        return event.then(self.header_fn, None, self.header, api_name=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.parts[key]

@@ -249,10 +249,27 @@ def test_opacity_changes_the_pixels_and_shared_scale_unifies_ranges(svc, ws):
     from dashboard import render
 
     small = render.resize_rgb(view.rgb, a.panels[0].image.shape[:2])
-    assert np.array_equal(a.panels[0].image, small)  # opacity 0 = the image itself
-    assert not np.array_equal(b.panels[0].image, small)
-    s = svc.compare("tiny-erfnet", image_id, names, None, CompareStyle(shared_scale=True))
-    assert (s.panels[0].vmin, s.panels[0].vmax) == (s.panels[1].vmin, s.panels[1].vmax)
+    # opacity 0 = the grey copy of the image the heat colours are drawn over
+    luma = small.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(a.panels[0].image[..., 0].astype(int) - np.rint(luma)).max() <= 1
+    assert not np.array_equal(b.panels[0].image, a.panels[0].image)
+    # a shared scale joins methods in the same units only: maxlogit and energy (logit units)
+    # share the span of their two ranges, msp (a probability) keeps its own
+    three = ["msp", "maxlogit", "energy"]
+    own = svc.compare("tiny-erfnet", image_id, three, None, CompareStyle())
+    s = svc.compare("tiny-erfnet", image_id, three, None, CompareStyle(shared_scale=True))
+    by = {p.name: p for p in s.panels}
+    mine = {p.name: p for p in own.panels}
+    assert (by["msp"].vmin, by["msp"].vmax) == (mine["msp"].vmin, mine["msp"].vmax)
+    lo = min(mine["maxlogit"].vmin, mine["energy"].vmin)
+    hi = max(mine["maxlogit"].vmax, mine["energy"].vmax)
+    assert (by["maxlogit"].vmin, by["maxlogit"].vmax) == (lo, hi)
+    assert (by["energy"].vmin, by["energy"].vmax) == (lo, hi)
+    # each own range is the median .. 99.5th percentile of the map (numpy's percentiles)
+    _, m = svc.score_maps("tiny-erfnet", view, ["msp"])["msp"]
+    valid = m if view.gt_score is None else m[view.gt_score != 255]
+    exp = np.percentile(valid[:: max(1, valid.size // 65536)], [50, 99.5])
+    assert (mine["msp"].vmin, mine["msp"].vmax) == pytest.approx(tuple(exp), rel=1e-5)
 
 
 def test_tpr_threshold_keeps_95_percent_of_the_dataset_anomaly_pixels(svc, ws):
