@@ -15,6 +15,10 @@ from dashboard import render
 from dashboard.compare import method_update
 from dashboard.services import Services
 from dashboard.ui import Context, guarded, progress_html
+from training.trainer import TrainConfig
+
+# one source of defaults: the same TrainConfig that `anomseg train` and the job worker use
+DEFAULTS = TrainConfig()
 
 ACTIVATION = [
     ("activate the new version", "always"),
@@ -50,14 +54,20 @@ def build(ctx: Context) -> None:
                     elem_id="retrain-activate",
                 )
             with gr.Row():
-                epochs = gr.Slider(1, 30, 5, step=1, label="Epochs", elem_id="retrain-epochs")
+                epochs = gr.Slider(
+                    1, 30, DEFAULTS.epochs, step=1, label="Epochs", elem_id="retrain-epochs"
+                )
                 lr = gr.Number(
-                    1e-3, label="Learning rate", minimum=1e-6, maximum=1.0, elem_id="retrain-lr"
+                    DEFAULTS.lr,
+                    label="Learning rate",
+                    minimum=1e-6,
+                    maximum=1.0,
+                    elem_id="retrain-lr",
                 )
                 fp_weight = gr.Slider(
                     1,
                     20,
-                    5,
+                    DEFAULTS.fp_weight,
                     step=0.5,
                     label="False-positive flag weight",
                     elem_id="retrain-fp-weight",
@@ -148,23 +158,36 @@ def build(ctx: Context) -> None:
     @guarded
     def tick(job, m, cm, cur_methods):
         if not job:
-            return (gr.update(),) * 3 + (gr.Timer(active=False),) + (gr.update(),) * 5
+            return (gr.update(),) * 3 + (gr.Timer(active=False),) + (gr.update(),) * 6
         st = svc.job_state(int(job))
         view = _job_view(st)
         if not st.finished:
-            return (*view, gr.Timer(active=True)) + (gr.update(),) * 5
+            return (*view, gr.Timer(active=True)) + (gr.update(),) * 6
         if st.status == "done":
             gr.Info(f"Job #{st.id} finished.")
         elif st.status == "failed":
             gr.Warning(f"Job #{st.id} failed: {st.error}")
         s, hist, ver, plot = overview(m)
         methods = method_update(svc, cm, cur_methods) if cm else gr.update()
-        return (*view, gr.Timer(active=False), s, hist, ver, plot, methods)
+        # the header's "active heads" changes with the job's end: refresh it now, not on reload
+        header = svc.header_markdown()
+        return (*view, gr.Timer(active=False), s, hist, ver, plot, methods, header)
 
     timer.tick(
         tick,
         [job_id, model, cmp_model, cmp_methods],
-        [bar, job_status, log, timer, summary, history, version, compare_plot, cmp_methods],
+        [
+            bar,
+            job_status,
+            log,
+            timer,
+            summary,
+            history,
+            version,
+            compare_plot,
+            cmp_methods,
+            ctx.header,
+        ],
         api_name=False,
     )
 
@@ -184,8 +207,10 @@ def build(ctx: Context) -> None:
         gr.Info(f"Rolled back: head v{v} is active again.")
         return overview(m)
 
-    act_btn.click(do_activate, [model, version], overview_out, api_name=False)
-    rollback_btn.click(do_rollback, model, overview_out, api_name=False)
+    ctx.then_refresh_header(
+        act_btn.click(do_activate, [model, version], overview_out, api_name=False)
+    )
+    ctx.then_refresh_header(rollback_btn.click(do_rollback, model, overview_out, api_name=False))
 
     @guarded
     def resume():

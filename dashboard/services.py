@@ -948,12 +948,35 @@ class Services:
 
     def _flag_masks(self, image_id: int) -> list[dict[str, Any]]:
         from db import flags as dbflags
+        from db.integrity import flag_problem
 
         with self.store.read() as s:
-            return [
+            return [  # quarantined rows are left out: one bad blob must not hide the rest
                 {"id": f.id, "kind": f.kind, "mask": f.decoded_mask()}
                 for f in dbflags.list_flags(s, image_id=int(image_id))
+                if flag_problem(f) is None
             ]
+
+    def quarantine_markdown(self) -> str:
+        """The store's corrupt rows (``db.integrity``) with id and reason, for the Flag tab."""
+        from db.integrity import check_store
+
+        with self.store.read() as s:
+            problems = check_store(s)
+        if not problems:
+            return "No corrupt rows in the store."
+        what = {
+            "flags": "flag",
+            "paste_revisions": "paste revision",
+            "synthetic_samples": "sample render cache",
+        }
+        lines = [
+            f"* {what.get(p.table, p.table)} #{p.id}: {p.reason} - fix: {p.fix}" for p in problems
+        ]
+        return (
+            f"**{len(problems)} corrupt row(s) quarantined** (skipped by training and export; "
+            "delete a flag below, or run `anomseg db check --fix`):\n" + "\n".join(lines)
+        )
 
     def save_flag(
         self,
@@ -1005,6 +1028,7 @@ class Services:
 
         from db import catalog
         from db import flags as dbflags
+        from db.integrity import flag_problem
 
         with self.store.read() as s:
             model_id = catalog.get_model(s, model).id if model else None
@@ -1017,7 +1041,10 @@ class Services:
                     "model": f.model.name,
                     "area px": f.area,
                     "author": f.author,
-                    "note": f.note,
+                    # a corrupt row stays listed (so it can be selected and deleted), marked
+                    "note": (
+                        f"⚠ quarantined: {why} - delete it" if (why := flag_problem(f)) else f.note
+                    ),
                     "created": f.created.strftime("%Y-%m-%d %H:%M:%S"),
                 }
                 for f in dbflags.list_flags(

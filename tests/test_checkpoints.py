@@ -198,3 +198,45 @@ def test_meta_built_model_is_materialised_from_file(erfnet, tmp_path):
         model = create_model("erfnet")
     load_checkpoint(model, path)
     assert_unchanged(model, erfnet.state_dict())
+
+
+def _eomt_lightning_ckpt(tmp_path, drop: str | None = None):
+    torch.manual_seed(1)
+    src = create_model("eomt_tiny", img_size=(32, 64), num_q=4)
+    state = {f"network.{k}": v for k, v in src.state_dict().items() if k != drop}
+    state["criterion.empty_weight"] = torch.ones(20)
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": state, "epoch": 1, "global_step": 10}, path)
+    return src, path
+
+
+def test_lightning_ckpt_loads_without_its_criterion_buffer(tmp_path):
+    src, path = _eomt_lightning_ckpt(tmp_path)
+    torch.manual_seed(2)
+    dst = create_model("eomt_tiny", img_size=(32, 64), num_q=4)
+    load_checkpoint(dst, path)
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+
+
+def test_lightning_ckpt_missing_a_network_key_still_fails_strictly(tmp_path):
+    _, path = _eomt_lightning_ckpt(tmp_path, drop="mask_head.2.bias")
+    torch.manual_seed(2)
+    dst = create_model("eomt_tiny", img_size=(32, 64), num_q=4)
+    before = snapshot(dst)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(dst, path)
+    msg = str(err.value)
+    assert "missing keys (1): mask_head.2.bias" in msg and "criterion" not in msg
+    assert_unchanged(dst, before)
+
+
+def test_lightning_ckpt_into_erfnet_lists_the_network_keys(erfnet, tmp_path):
+    src, path = _eomt_lightning_ckpt(tmp_path)
+    before = snapshot(erfnet)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(erfnet, path)
+    msg = str(err.value)
+    assert f"unexpected keys ({len(src.state_dict())}): attn_mask_probs" in msg
+    assert "missing keys (345)" in msg
+    assert_unchanged(erfnet, before)

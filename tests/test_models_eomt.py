@@ -15,8 +15,9 @@ from anomseg.models import create_model, get_model_entry, load_checkpoint
 SCHEMA_NAMES = {
     "cityscapes_semantic_eomt_large_1024": "eomt_vit_large_1024",
     "coco_panoptic_eomt_small_640_2x": "eomt_vit_small_640",
-    "cityscapes_semantic_eomt_base_640": "eomt_vit_base_640",
+    "cityscapes_semantic_eomt_base_seed_1024": "eomt_vit_base_seed_1024",
 }
+SETTINGS = ("backbone", "num_classes", "num_q", "num_blocks", "patch_size")
 
 
 def tiny(**kw):
@@ -40,7 +41,7 @@ def test_official_state_dict_schema(shared, entry):
     d = get_model_entry(name).defaults
     assert d["backbone"] == spec["backbone"] and list(d["img_size"]) == spec["img_size"]
     assert (d["num_classes"], d["num_q"]) == (spec["num_classes"], spec["num_q"])
-    assert spec["patch_size"] == 16 and spec["num_blocks"] == 4
+    assert spec["patch_size"] == 16 and d["num_blocks"] == spec["num_blocks"]
     with torch.device("meta"):
         model = create_model(name)
     got = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -195,3 +196,139 @@ def test_checkpoint_round_trip_keeps_annealing_buffer(tmp_path):
     dst = create_model("eomt_tiny", img_size=(32, 64), num_q=6)
     assert load_checkpoint(dst, path) == {"arch": "eomt_tiny"}
     assert dst.attn_mask_probs.tolist() == pytest.approx([0.0, 0.1, 0.5, 1.0])
+
+
+def _schema(shared) -> dict:
+    data = json.loads((shared / "schemas" / "eomt_official_state_dicts.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def _lightning(network_state: dict, empty_weight: torch.Tensor) -> dict:
+    """What EoMT's Lightning module saves: everything under state_dict, the criterion beside."""
+    state = {f"network.{k.removeprefix('network.')}": v for k, v in network_state.items()}
+    state["criterion.empty_weight"] = empty_weight
+    return {"state_dict": state, "epoch": 3, "global_step": 1200, "lr_schedulers": []}
+
+
+@pytest.mark.realdata
+def test_registry_names_cover_the_schema(shared):
+    assert sorted(SCHEMA_NAMES) == sorted(_schema(shared))
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("entry", sorted(SCHEMA_NAMES))
+@pytest.mark.parametrize("layout", ["ckpt", "bin"])
+def test_every_schema_entry_loads_strictly_with_its_variant_read_off_the_file(
+    shared, tmp_path, entry, layout
+):
+    """A file with exactly the schema's keys and shapes (meta tensors: no weights to download,
+    nothing to allocate) loads strictly as ``eomt`` and as its shortcut, in both Lightning layouts
+    (``.ckpt`` with a state_dict wrapper, ``.bin`` of the module), criterion buffer dropped."""
+    spec = _schema(shared)[entry]
+    net = {k: torch.empty(shape, device="meta") for k, shape in spec["state_dict"].items()}
+    empty_weight = torch.empty(spec["num_classes"] + 1, device="meta")
+    path = tmp_path / f"{entry}.{layout}"
+    ckpt = _lightning(net, empty_weight)
+    torch.save(ckpt if layout == "ckpt" else ckpt["state_dict"], path)
+    for name in ("eomt", SCHEMA_NAMES[entry]):
+        with torch.device("meta"):
+            model = create_model(name, checkpoint=path)
+        assert model.img_size == tuple(spec["img_size"]) and model.num_blocks == spec["num_blocks"]
+        assert (model.num_q, model.num_classes) == (spec["num_q"], spec["num_classes"])
+        got = {k: list(v.shape) for k, v in model.state_dict().items()}
+        assert got == {k.removeprefix("network."): list(s) for k, s in spec["state_dict"].items()}
+        assert not any(k.startswith("criterion") for k in got)
+    # the shortcut's input size is the one the variant read off the file gets
+    assert model.default_input_size == get_model_entry(SCHEMA_NAMES[entry]).defaults["input_size"]
+
+
+@pytest.mark.realdata
+def test_a_checkpoint_of_another_variant_names_the_mismatching_shapes(shared, tmp_path):
+    from anomseg.errors import CheckpointError
+
+    spec = _schema(shared)["cityscapes_semantic_eomt_base_seed_1024"]
+    net = {k: torch.empty(shape, device="meta") for k, shape in spec["state_dict"].items()}
+    path = tmp_path / "seed.ckpt"
+    torch.save(_lightning(net, torch.empty(20, device="meta")), path)
+    with torch.device("meta"):
+        model = create_model("eomt_vit_large_1024")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, path)
+    msg = str(err.value)
+    assert "'eomt_vit_large_1024'" in msg and "nothing was loaded" in msg
+    assert "attn_mask_probs (3,) vs model (4,)" in msg
+    per_block = sum(k.startswith("network.encoder.backbone.blocks.0.") for k in spec["state_dict"])
+    # ViT-B has 12 of ViT-L's 24 blocks
+    assert f"missing keys ({12 * per_block}): encoder.backbone.blocks.12." in msg
+    assert "criterion" not in msg  # the training module's buffers are not the model's
+
+
+@pytest.mark.parametrize("name", ["eomt_vit_large_1024", "eomt_vit_base_seed_1024",
+                                  "eomt_vit_small_640", "eomt_tiny"])  # fmt: skip
+def test_lightning_ckpt_of_each_registered_variant_predicts_like_the_plain_state_dict(
+    tmp_path, name
+):
+    """Each variant's queries, classes and query blocks at a width of 64 and 32x64 windows
+    (real widths would cost minutes of CPU): the Lightning .ckpt and the official plain
+    ``pytorch_model.bin`` give bit-identical predictions, as the shortcut and as ``eomt``."""
+    d = get_model_entry(name).defaults
+    small = {"img_size": (32, 64), "input_size": (32, 64), "embed_dim": 64, "num_heads": 1,
+             "depth": d.get("num_blocks", 4) + 1}  # fmt: skip
+    torch.manual_seed(3)
+    src = unit_layerscale(create_model(name, **small))
+    src.attn_mask_probs.fill_(1.0)
+    plain, ckpt = tmp_path / "pytorch_model.bin", tmp_path / "last.ckpt"
+    torch.save({f"network.{k}": v for k, v in src.state_dict().items()}, plain)
+    torch.save(_lightning(src.state_dict(), torch.ones(d["num_classes"] + 1)), ckpt)
+    x = torch.rand(1, 3, 40, 100)  # rescaled to 32x80: two windows
+    want = create_model(name, checkpoint=plain, **small).predict_batch(x)
+    for model in (
+        create_model(name, checkpoint=ckpt, **small),
+        create_model("eomt", checkpoint=ckpt),
+    ):
+        assert (model.num_q, model.num_classes, model.num_blocks) == (
+            src.num_q,
+            src.num_classes,
+            src.num_blocks,
+        )
+        got = model.predict_batch(x)
+        for key in ("logits", "features"):
+            assert torch.equal(got[key], want[key]), key
+
+
+def test_non_eomt_file_as_eomt_is_one_clear_error(tmp_path):
+    from anomseg.errors import CheckpointError
+
+    torch.manual_seed(0)
+    path = tmp_path / "erfnet.pth"
+    torch.save(create_model("erfnet").state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"not an EoMT checkpoint \(no 'q.weight'"):
+        create_model("eomt", checkpoint=path)
+
+
+def test_window_starts_truncate_like_the_official_inference():
+    model = tiny(img_size=(32, 64), num_q=4)
+    for width in (100, 151, 200, 317, 64):
+        (hs, ws), origins = model.windows(32, width)
+        n = -(-width // 64)
+        overlap = n * 64 - width
+        per = overlap / (n - 1) if overlap > 0 else 0
+        assert [o[1] for o in origins] == [int(j * (64 - per)) for j in range(n)]
+    assert [o[1] for o in model.windows(32, 151)[1]] == [0, 43, 87]  # round() would give 44
+
+
+@pytest.mark.parametrize("src,dst", [((256, 512), (160, 320)), ((90, 120), (128, 171)),
+                                     ((180, 320), (83, 148))])  # fmt: skip
+def test_rescale_is_within_one_grey_level_of_pil(src, dst):
+    from PIL import Image
+
+    from anomseg.models.eomt import EoMT
+
+    im = np.random.default_rng(1).integers(0, 256, (*src, 3), dtype=np.uint8)
+    x = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
+    pil = np.asarray(Image.fromarray(im).resize(dst[::-1], Image.BILINEAR)).astype(np.float64)
+    ours = EoMT.rescale(x, dst)[0].permute(1, 2, 0).double().numpy() * 255
+    assert np.abs(ours - pil).max() <= 1.0 + 1e-4
+    if dst[0] < src[0]:  # plain bilinear aliases when shrinking: the test tells them apart
+        plain = F.interpolate(x, dst, mode="bilinear")[0].permute(1, 2, 0).double().numpy() * 255
+        assert np.abs(plain - pil).max() > 10

@@ -73,7 +73,7 @@ def test_predict_batch_rejects_wrong_input():
 
 def test_registry_names_attributes_and_errors():
     names = list_models()
-    for name in ("erfnet", "eomt_vit_large_1024", "eomt_vit_base_640", "eomt_vit_small_640"):
+    for name in ("erfnet", "eomt", "eomt_vit_large_1024", "eomt_vit_base_seed_1024", "eomt_vit_small_640"):
         assert name in names
     assert "eomt_tiny" in names
     model = create_model("erfnet")

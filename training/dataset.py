@@ -475,21 +475,33 @@ def training_images_from_store(
 
     from db.catalog import sha256_file, training_images_allowed
     from db.flags import flags_for_training
+    from db.integrity import flag_problem, json_problem
     from db.models import Dataset, Image
     from db.pastes import current_revisions, list_samples
 
+    out: list[TrainImage] = []
+    notes: list[str] = []
     flags_by_image: dict[int, list[FlagRegion]] = {}
     for f in flags_for_training(session, model_id):
+        why = flag_problem(f)
+        if why:  # one corrupt row must not stop every retrain of the model
+            notes.append(f"flag {f.id}: quarantined ({why}); skipped - see 'anomseg db check'")
+            continue
         region = FlagRegion(f.id, f.kind, _mask_loader(bytes(f.mask), f.width, f.height, f.id))
         flags_by_image.setdefault(f.image_id, []).append(region)
 
-    out: list[TrainImage] = []
-    notes: list[str] = []
     used_image_ids: list[int] = []
     covered: set[int] = set()
     for sample in list_samples(session, status="accepted"):
         ds = sample.dataset
-        revs = {p.key: r.content_hash for p, r in current_revisions(session, sample.id)}
+        current = current_revisions(session, sample.id)
+        why = json_problem(sample, "render") or next(
+            (json_problem(r, "record") for _p, r in current if json_problem(r, "record")), None
+        )
+        if why:
+            notes.append(f"sample:{sample.id}: quarantined ({why}); skipped")
+            continue
+        revs = {p.key: r.content_hash for p, r in current}
         rh = revisions_hash(revs)
         info = {"sample_id": sample.id, "revisions": revs, "revisions_hash": rh}
         cache = sample.render or {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from torch import nn
 from anomseg.errors import AnomsegError, InputError
 from anomseg.models.heads import Head, bilinear_corners, create_head, save_head
 from anomseg.registry import Registry
+from training.config import TrainConfig  # the one source of training defaults
 from training.dataset import BalancedSampler, PixelSet
 
 Progress = Callable[[float, str], None]
@@ -34,57 +35,6 @@ Progress = Callable[[float, str], None]
 
 class Cancelled(AnomsegError):
     """Training was cancelled (by the job's cancel flag)."""
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one head training (recorded on the HeadVersion)."""
-
-    head: str = "stats"
-    epochs: int = 5
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    batch_pixels: int = 4096
-    pos_weight: float = 10.0
-    fp_weight: float = 2.0
-    fn_weight: float = 2.0
-    flag_share: float = 0.25  # share of each batch half drawn from flagged pixels (if any)
-    dropout: float = 0.1
-    seed: int = 0
-    steps_per_epoch: int | None = None
-    cache_stride: int = 2
-    # CPU threads while training; None: 1 for the stats head (its steps are too small to gain
-    # from intra-op threads, which then only add synchronisation: 8x slower on a busy 2-core
-    # machine), torch's setting for the feature head (its D-wide projection does gain)
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "lr": self.lr > 0,
-            "batch_pixels": self.batch_pixels >= 2,
-            "pos_weight": self.pos_weight > 0,
-            "fp_weight": self.fp_weight > 0,
-            "fn_weight": self.fn_weight > 0,
-            "flag_share": 0 <= self.flag_share < 1,
-            "dropout": 0 <= self.dropout < 1,
-            "cache_stride": self.cache_stride >= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise InputError(
-                f"training option {bad[0]}={getattr(self, bad[0])!r} is out of range (epochs >= 1, "
-                "lr > 0, batch_pixels >= 2, weights > 0, 0 <= dropout, flag_share < 1, "
-                "cache_stride >= 1)"
-            )
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise InputError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
-        if self.threads is not None and self.threads < 1:
-            raise InputError(f"threads must be >= 1, got {self.threads}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (stored as the head version's hyper-parameters)."""
-        return asdict(self)
 
 
 @dataclass
@@ -417,7 +367,7 @@ def train_head(
     rule = ("always" if activate else "never") if isinstance(activate, bool) else activate
     rule_fn = ACTIVATION_RULES.get(rule)
     report = progress or (lambda f, m: None)
-    workspace = Path(workspace)
+    workspace = Path(workspace).resolve()  # stored head paths must work from any folder
 
     with store.read() as s:
         row = get_model(s, model)

@@ -17,7 +17,7 @@ from anomseg.errors import AnomsegError
 COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("anomseg.cli.eval_cmd", "evaluate models x methods on anomaly benchmarks"),
     "methods": ("anomseg.cli.methods_cmd", "list scoring methods and their parameters"),
-    "models": ("anomseg.cli.models_cmd", "list model architectures"),
+    "models": ("anomseg.cli.models_cmd", "list model architectures and registered models"),
     "synth": ("anomseg.cli.synth_cmd", "render synthetic anomaly pastes from a YAML config"),
     "demo": ("anomseg.cli.demo_cmd", "build the built-in world's data / re-train its models"),
     "db": ("anomseg.cli.db_cmd", "database: upgrade, backup, restore, export, import"),

@@ -11,52 +11,62 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``anomseg train``."""
+    """Options of ``anomseg train`` (defaults from training.config.TrainConfig, shown in --help)."""
+    from training.config import TrainConfig
+
+    d = TrainConfig()  # the one source of defaults: the Retrain tab and the worker use it too
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--model", required=True, help="registered model name (see the store)")
     parser.add_argument(
         "--head",
         choices=["stats", "features"],
-        default="stats",
+        default=d.head,
         help="stats-only (4 inputs) or feature-enriched (36 inputs) head",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workspace", help="workspace folder (store, caches, checkpoints)")
     where.add_argument("--url", help="database URL (the workspace is then ./workspace)")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="passes over the pixels")
+    parser.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
     parser.add_argument(
         "--batch-pixels",
         type=int,
-        default=4096,
+        default=d.batch_pixels,
         help="pixels per step, half anomalous and half normal",
     )
     parser.add_argument(
         "--steps-per-epoch",
         type=int,
-        default=None,
-        help="default: number of labelled pixels / batch pixels",
+        default=d.steps_per_epoch,
+        help="None: number of labelled pixels / batch pixels",
     )
-    parser.add_argument("--pos-weight", type=float, default=10.0, help="BCE pos_weight")
+    parser.add_argument("--pos-weight", type=float, default=d.pos_weight, help="BCE pos_weight")
     parser.add_argument(
-        "--fp-weight", type=float, default=2.0, help="loss weight of pixels flagged false positive"
+        "--fp-weight",
+        type=float,
+        default=d.fp_weight,
+        help="loss weight of pixels flagged false positive",
     )
     parser.add_argument(
-        "--fn-weight", type=float, default=2.0, help="loss weight of pixels flagged false negative"
+        "--fn-weight",
+        type=float,
+        default=d.fn_weight,
+        help="loss weight of pixels flagged false negative",
     )
     parser.add_argument(
         "--flag-share",
         type=float,
-        default=0.25,
+        default=d.flag_share,
         help="share of each batch half drawn from flagged pixels",
     )
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=d.dropout, help="head dropout")
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed")
     act = parser.add_mutually_exclusive_group()
     act.add_argument("--activate", action="store_true", help="make the new head active")
     act.add_argument(
         "--activate-rule", default=None, help="activate by a rule instead, e.g. auprc_improves"
     )
-    parser.add_argument("--nproc", type=int, default=1, help="DDP processes (default 1)")
+    parser.add_argument("--nproc", type=int, default=1, help="DDP processes")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
         "--no-eval", action="store_true", help="skip the evaluation on the registered eval datasets"
@@ -92,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     activate: bool | str = args.activate_rule or bool(args.activate)
-    workspace = Path(args.workspace) if args.workspace else default_workspace()
+    workspace = (Path(args.workspace) if args.workspace else default_workspace()).resolve()
     store = Store.open(url=args.url, workspace=workspace)
     try:
         if args.queue:

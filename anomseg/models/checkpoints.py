@@ -1,8 +1,12 @@
 """Strict, safe checkpoint loading and atomic safetensors saving.
 
-* ``.pth`` / ``.pt`` / ``.bin`` are read with ``torch.load(weights_only=True)``: a pickle that would
-  run code is refused. Common containers (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped
-  and ``module.`` / ``network.`` prefixes are stripped when the model's own keys lack them.
+* ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` are read with ``torch.load(weights_only=True)``: a pickle
+  that would run code is refused. Common containers (``{"state_dict": ...}``, ``{"model": ...}``)
+  are unwrapped and ``module.`` / ``network.`` prefixes are stripped when the model's own keys
+  lack them. A Lightning training module's file (EoMT's ``.ckpt``, or a ``.bin`` saved from the
+  module) holds the network under ``network.`` beside other parts' buffers such as
+  ``criterion.empty_weight``: only the ``network.`` entries are kept, as the official loader
+  does, and the load stays strict on them.
 * ``.safetensors`` are our own format, with metadata in a sidecar ``<stem>.json``.
 * Loading is all-or-nothing: keys and shapes are checked against the model before anything is
   copied, so a mismatch leaves the model untouched and names what differs.
@@ -117,10 +121,27 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return _read_torch(path), {}
 
 
+# the attribute a Lightning module keeps its network under (EoMT's training module); entries
+# outside it (criterion.empty_weight, metrics' buffers) belong to the training, not the model
+MODULE_NETWORK_PREFIX = "network."
+
+
+def network_entries(
+    state: dict[str, torch.Tensor], model_keys: set[str]
+) -> dict[str, torch.Tensor]:
+    """Only the ``network.*`` entries of a training module's state dict the model lacks a
+    ``network.`` for (the rest is the criterion's / metrics' buffers); else ``state`` itself."""
+    p = MODULE_NETWORK_PREFIX
+    if any(k.startswith(p) for k in state) and not any(k.startswith(p) for k in model_keys):
+        return {k: v for k, v in state.items() if k.startswith(p)}
+    return state
+
+
 def _strip_prefixes(
     state: dict[str, torch.Tensor], model_keys: set[str]
 ) -> dict[str, torch.Tensor]:
     """Drop wrapper prefixes (DataParallel ``module.``, EoMT's ``network.``) the model lacks."""
+    state = network_entries(state, model_keys)
     changed = True
     while changed:
         changed = False
@@ -174,7 +195,13 @@ def match_state_dict(
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """Load a checkpoint strictly into ``model`` (all or nothing); return its metadata."""
     state, meta = read_checkpoint(path)
-    state = match_state_dict(model, state, path)
+    load_state_strict(model, state, path)
+    return meta
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load an already read state dict strictly into ``model`` (all or nothing)."""
+    state = match_state_dict(model, state, source)
     expected = model.state_dict()
     if any(t.is_meta for t in expected.values()):
         # a meta-built model is materialised from the file (a copy into meta is a no-op)
@@ -182,7 +209,6 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
         model.load_state_dict(state, strict=True, assign=True)
     else:
         model.load_state_dict(state, strict=True)
-    return meta
 
 
 def _atomic_write(path: Path, write) -> Path:

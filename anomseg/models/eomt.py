@@ -15,6 +15,7 @@ Parameter names match the official checkpoints (``network.`` stripped): ``encode
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import timm
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from anomseg.models.registry import check_rgb_batch, register_model
+from anomseg.errors import CheckpointError
+from anomseg.models.registry import check_rgb_batch, get_model_entry, list_models, register_model
 
 
 class ScaleBlock(nn.Module):
@@ -168,7 +170,9 @@ class EoMT(nn.Module):
         """Scaled size (H', W') so the image just covers one window, and window origins.
 
         Windows of ``img_size`` slide along the side that exceeds it, evenly spaced from 0 to
-        the end so that they cover the image with overlap (as EoMT evaluates Cityscapes).
+        the end so that they cover the image with overlap (as EoMT evaluates Cityscapes). A
+        start is truncated, not rounded, from ``j * (win - overlap / (n - 1))``, the official
+        inference's arithmetic, so the windows (and the scores) are the official ones.
         """
         wh, ww = self.img_size
         s = max(wh / h, ww / w)
@@ -176,9 +180,22 @@ class EoMT(nn.Module):
 
         def starts(length: int, win: int) -> list[int]:
             n = math.ceil(length / win)
-            return [0] if n == 1 else [round(i * (length - win) / (n - 1)) for i in range(n)]
+            overlap = n * win - length
+            step = win - (overlap / (n - 1) if overlap > 0 else 0)
+            return [int(j * step) for j in range(n)]
 
         return (hs, ws), [(t, l) for t in starts(hs, wh) for l in starts(ws, ww)]  # noqa: E741
+
+    @staticmethod
+    def rescale(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``x`` resized to ``size`` like PIL's bilinear resize, which the official inference uses.
+
+        Antialiased: plain bilinear interpolation aliases when shrinking (up to 42 grey levels
+        at 2048 -> 1280); within one grey level of PIL on uint8 images (tested).
+        """
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size, mode="bilinear", antialias=True)
 
     @torch.no_grad()
     def predict_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -187,7 +204,7 @@ class EoMT(nn.Module):
         b, _, h, w = x.shape
         (hs, ws), origins = self.windows(h, w)
         wh, ww = self.img_size
-        xs = F.interpolate(x, (hs, ws), mode="bilinear") if (hs, ws) != (h, w) else x
+        xs = self.rescale(x, (hs, ws))
         crops = torch.cat([xs[..., t : t + wh, l : l + ww] for t, l in origins])  # noqa: E741
         mask_logits, class_logits, feats = self(crops)
         mask_logits, class_logits, feats = mask_logits.float(), class_logits.float(), feats.float()
@@ -250,48 +267,155 @@ def eomt(
     embed_dim: int | None = None,
     depth: int | None = None,
     num_heads: int | None = None,
+    mlp_ratio: float | None = None,
 ) -> EoMT:
     """Build an EoMT on a timm DINOv2-with-registers ViT (optionally resized: dim/depth/heads)."""
     vit_kw = {
         k: v
-        for k, v in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads))
+        for k, v in (
+            ("embed_dim", embed_dim),
+            ("depth", depth),
+            ("num_heads", num_heads),
+            ("mlp_ratio", mlp_ratio),
+        )
         if v is not None
     }
     encoder = ViTEncoder(backbone, tuple(img_size), patch_size, **vit_kw)
     return EoMT(encoder, num_classes, num_q, num_blocks, input_size=input_size)
 
 
-# settings of the official checkpoints (../shared/schemas/eomt_official_state_dicts.json)
+# the timm DINOv2-with-registers backbone of each width the official checkpoints use
+BACKBONES = {
+    384: "vit_small_patch14_reg4_dinov2",
+    768: "vit_base_patch14_reg4_dinov2",
+    1024: "vit_large_patch14_reg4_dinov2",
+}
+VIT_HEAD_DIM = 64  # DINOv2's head width: heads = width / 64 (not recorded in a state dict)
+
+
+def _shape(state: dict, key: str, source: str) -> tuple[int, ...]:
+    if key not in state:
+        raise CheckpointError(
+            f"{source}: not an EoMT checkpoint (no {key!r}; expected the official key names, "
+            "optionally under 'network.')"
+        )
+    return tuple(state[key].shape)
+
+
+def _window(n_patches: int, patch: int, source: str) -> tuple[int, int]:
+    """The window a position embedding of ``n_patches`` was trained for: square or 1:2."""
+    for ratio in (1, 2):  # official windows are square; ours (the demo's) are 1:2
+        side = math.isqrt(n_patches // ratio)
+        if side * side * ratio == n_patches:
+            return side * patch, side * ratio * patch
+    raise CheckpointError(
+        f"{source}: position embedding of {n_patches} patches is neither a square nor a 1:2 "
+        "grid; give the window explicitly (img_size)"
+    )
+
+
+def options_from_state_dict(state: dict, source: str = "checkpoint") -> dict:
+    """The ``eomt`` options of the variant a state dict holds, read off its shapes.
+
+    Query blocks from ``attn_mask_probs``, window from ``pos_embed``, queries from ``q.weight``,
+    classes from ``class_head``, width / depth / MLP ratio / patch from the backbone's keys. The
+    input size is that of the registered variant with the same settings, else the window.
+    """
+    from anomseg.models.checkpoints import _strip_prefixes
+
+    state = _strip_prefixes(dict(state), set())
+    bb = "encoder.backbone."
+    num_q, dim = _shape(state, "q.weight", source)
+    patch = _shape(state, bb + "patch_embed.proj.weight", source)[-1]
+    n_pos = _shape(state, bb + "pos_embed", source)[1]
+    regs = _shape(state, bb + "reg_token", source)[1]
+    if regs != 4:
+        raise CheckpointError(f"{source}: {regs} register tokens; EoMT's DINOv2 backbones have 4")
+    prefix = bb + "blocks."
+    blocks = {k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix)}
+    depth = 1 + max(int(b) for b in blocks)
+    hidden = _shape(state, bb + "blocks.0.mlp.fc1.weight", source)[0]
+    opts: dict = {
+        "backbone": BACKBONES.get(dim, BACKBONES[384]),
+        "img_size": _window(n_pos, patch, source),
+        "num_classes": _shape(state, "class_head.weight", source)[0] - 1,
+        "num_q": num_q,
+        "num_blocks": _shape(state, "attn_mask_probs", source)[0],
+        "patch_size": patch,
+    }
+    # a non-standard width (or depth, MLP) is a resized ViT: say so to timm
+    if dim not in BACKBONES:
+        opts.update(embed_dim=dim, num_heads=max(1, dim // VIT_HEAD_DIM))
+    if depth != {384: 12, 768: 12, 1024: 24}.get(dim):
+        opts["depth"] = depth
+    if hidden != 4 * dim:
+        opts["mlp_ratio"] = hidden / dim
+    builder = {
+        k: p.default
+        for k, p in inspect.signature(eomt).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    shape_keys = set(builder) - {"input_size"} | set(opts)
+    mine = {**builder, **opts}
+    opts["input_size"] = opts["img_size"]
+    for name in list_models():
+        entry = get_model_entry(name)
+        theirs = {**builder, **entry.defaults}
+        same = all(theirs.get(k) == mine.get(k) for k in shape_keys)
+        if entry.builder is eomt and name != "eomt" and same:
+            opts["input_size"] = tuple(theirs["input_size"])  # a known variant: its input size
+            break
+    return opts
+
+
+# settings of the checkpoints in ../shared/schemas/eomt_official_state_dicts.json; `eomt` reads
+# them off any checkpoint, the other names are shortcuts for the known variants
 register_model(
-    "eomt_vit_large_1024",
-    "EoMT ViT-L/16 (DINOv2 reg4), Cityscapes semantic, 1024x1024 windows",
+    "eomt",
+    "EoMT of the variant its checkpoint holds (window, queries, classes, query blocks, width "
+    "and depth read off the file); without one: the Cityscapes ViT-L",
+    from_state_dict=options_from_state_dict,
     backbone="vit_large_patch14_reg4_dinov2",
     img_size=(1024, 1024),
     num_classes=19,
     num_q=100,
+    num_blocks=4,
     input_size=(1024, 2048),
 )(eomt)
 register_model(
-    "eomt_vit_base_640",
-    "EoMT ViT-B/16 (DINOv2 reg4), Cityscapes semantic, 640x640 windows",
-    backbone="vit_base_patch14_reg4_dinov2",
-    img_size=(640, 640),
+    "eomt_vit_large_1024",
+    "EoMT ViT-L/16 (DINOv2 reg4), Cityscapes semantic (official), 1024x1024 windows, 4 blocks",
+    backbone="vit_large_patch14_reg4_dinov2",
+    img_size=(1024, 1024),
     num_classes=19,
     num_q=100,
-    input_size=(640, 1280),
+    num_blocks=4,
+    input_size=(1024, 2048),
+)(eomt)
+register_model(
+    "eomt_vit_base_seed_1024",
+    "EoMT ViT-B/16 (DINOv2 reg4), Cityscapes semantic (the seed's), 1024x1024 windows, 3 blocks",
+    backbone="vit_base_patch14_reg4_dinov2",
+    img_size=(1024, 1024),
+    num_classes=19,
+    num_q=100,
+    num_blocks=3,
+    input_size=(1024, 2048),
 )(eomt)
 register_model(
     "eomt_vit_small_640",
-    "EoMT ViT-S/16 (DINOv2 reg4), COCO panoptic classes (133), 640x640 windows",
+    "EoMT ViT-S/16 (DINOv2 reg4), COCO panoptic classes (133), 640x640 windows, 3 blocks",
     backbone="vit_small_patch14_reg4_dinov2",
     img_size=(640, 640),
     num_classes=133,
     num_q=200,
+    num_blocks=3,
     input_size=(640, 640),
 )(eomt)
 register_model(
     "eomt_tiny",
-    "EoMT ViT-Tiny-sized (dim 192, 12 blocks, 3 heads), 19 classes, 256x512 windows (demo)",
+    "EoMT with ViT-Tiny dims (dim 192, 3 heads; 12 blocks by default, the demo-eomt model 8),"
+    " 19 classes, 256x512 windows (demo)",
     backbone="vit_small_patch14_reg4_dinov2",
     embed_dim=192,
     depth=12,

@@ -48,17 +48,25 @@ class ModelEntry:
     builder: Callable[..., nn.Module]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # reads constructor options off a checkpoint's state dict (shapes), for entries that build
+    # whatever variant the file holds (``eomt``); None: the options are the defaults
+    from_state_dict: Callable[[dict[str, torch.Tensor], str], dict[str, Any]] | None = None
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
 
 
-def register_model(name: str, description: str = "", **defaults: Any):
+def register_model(
+    name: str,
+    description: str = "",
+    from_state_dict: Callable[[dict[str, torch.Tensor], str], dict[str, Any]] | None = None,
+    **defaults: Any,
+):
     """Decorator registering ``builder(**defaults)`` under ``name``."""
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
-        MODELS.register(name, ModelEntry(name, builder, dict(defaults), doc))
+        MODELS.register(name, ModelEntry(name, builder, dict(defaults), doc, from_state_dict))
         return builder
 
     return deco
@@ -94,21 +102,38 @@ def _check_options(entry: ModelEntry, kw: dict[str, Any]) -> None:
 
 
 def create_model(name: str, checkpoint: str | Path | None = None, **kw: Any) -> nn.Module:
-    """Build a registered model (eval mode), optionally loading a checkpoint strictly."""
+    """Build a registered model (eval mode), optionally loading a checkpoint strictly.
+
+    For an entry that reads its variant off the checkpoint (``eomt``) the options come from the
+    file's shapes, then its metadata, then ``kw``; the file is read once.
+    """
     entry = get_model_entry(name)
+    state = None
     if checkpoint is not None:
         kw = {**_options_from_metadata(name, checkpoint), **kw}
+        if entry.from_state_dict is not None:
+            from anomseg.models.checkpoints import read_checkpoint
+
+            state, _ = read_checkpoint(checkpoint)
+            # window and input size recorded beside one of our own files (any architecture
+            # name) settle what shapes cannot: a non-square window's aspect, the input size
+            side = _options_from_metadata(None, checkpoint)
+            side = {k: v for k, v in side.items() if k in ("img_size", "input_size")}
+            kw = {**entry.from_state_dict(state, str(checkpoint)), **side, **kw}
     _check_options(entry, kw)
     model = entry.builder(**{**entry.defaults, **kw})
     model.arch = name
     if checkpoint is not None:
-        from anomseg.models.checkpoints import load_checkpoint
+        from anomseg.models.checkpoints import load_checkpoint, load_state_strict
 
-        load_checkpoint(model, checkpoint)
+        if state is not None:
+            load_state_strict(model, state, checkpoint)
+        else:
+            load_checkpoint(model, checkpoint)
     return model.eval()
 
 
-def _options_from_metadata(name: str, checkpoint: str | Path) -> dict[str, Any]:
+def _options_from_metadata(name: str | None, checkpoint: str | Path) -> dict[str, Any]:
     """Constructor options recorded next to one of our own checkpoints (``<stem>.json``).
 
     Our safetensors checkpoints carry the options they were built with (e.g. the demo EoMT's
@@ -124,7 +149,7 @@ def _options_from_metadata(name: str, checkpoint: str | Path) -> dict[str, Any]:
         meta = json.loads(side.read_text()) if side.is_file() else {}
     except (OSError, ValueError):
         return {}
-    if not isinstance(meta, dict) or meta.get("architecture") != name:
+    if not isinstance(meta, dict) or (name is not None and meta.get("architecture") != name):
         return {}
     opts = meta.get("options") or {}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}

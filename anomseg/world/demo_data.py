@@ -56,6 +56,8 @@ from anomseg.world.scenes import DEFAULT_SIZE, generate_scene, parse_scene_id, s
 FORMAT_VERSION = 1
 SPLIT_OFFSET = {"train": 0, "heldout": 5000, "demo-obstacles": 6000, "demo-anomalies": 7000}
 SPLIT_LIMIT = {"train": 5000, "heldout": 1000, "demo-obstacles": 1000, "demo-anomalies": 1000}
+# how much `anomseg demo build`, the app's first run and the README build: one set of numbers
+DEFAULT_COUNTS = {"train": 200, "heldout": 40, "demo-obstacles": 25, "demo-anomalies": 25}
 SEED_STRIDE = 10_000
 TRAIN_OBJECTS = (0, 150)  # object-bank indices used for training pastes
 EVAL_OBJECTS = (150, PER_CATEGORY)  # held-out object instances for the benchmarks
@@ -246,14 +248,14 @@ def _check_count(name: str, value: int, limit: int, minimum: int = 0) -> int:
 
 def build_demo(
     dir: str | os.PathLike,
-    n_train: int = 200,
+    n_train: int = DEFAULT_COUNTS["train"],
     seed: int = 0,
     workers: int = 2,
     *,
     size: tuple[int, int] = DEFAULT_SIZE,
-    n_heldout: int = 40,
-    n_obstacles: int = 25,
-    n_anomalies: int = 25,
+    n_heldout: int = DEFAULT_COUNTS["heldout"],
+    n_obstacles: int = DEFAULT_COUNTS["demo-obstacles"],
+    n_anomalies: int = DEFAULT_COUNTS["demo-anomalies"],
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Write the demo data under ``dir`` (see module docstring); returns the datasets.json dict.
