@@ -83,11 +83,35 @@ def mask_info(data: bytes) -> MaskInfo:
     return MaskInfo(m.shape[1], m.shape[0], bbox_of(m), int(m.sum()))
 
 
+@dataclass(frozen=True)
+class MaskCrop:
+    """A decoded mask as its frame size and the tight crop of its set pixels (no full frame)."""
+
+    width: int
+    height: int
+    x0: int
+    y0: int
+    crop: np.ndarray  # bool (y1 - y0, x1 - x0); empty (0, 0) for an empty mask
+
+    def full(self) -> np.ndarray:
+        """The full-frame boolean (height, width) mask."""
+        out = np.zeros((self.height, self.width), dtype=bool)
+        h, w = self.crop.shape
+        out[self.y0 : self.y0 + h, self.x0 : self.x0 + w] = self.crop
+        return out
+
+
 def decode_mask(data: bytes, *, expect_size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode ``AMK1`` bytes into a boolean (height, width) array; validates everything.
 
     ``expect_size`` is (width, height); a mismatch is an ``InputError``.
     """
+    return decode_crop(data, expect_size=expect_size).full()
+
+
+def decode_crop(data: bytes, *, expect_size: tuple[int, int] | None = None) -> MaskCrop:
+    """Decode and validate ``AMK1`` bytes like ``decode_mask`` without building the full frame
+    (a flag's box is usually a small part of a 2-megapixel image)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InputError(f"encoded mask must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -103,7 +127,7 @@ def decode_mask(data: bytes, *, expect_size: tuple[int, int] | None = None) -> n
     if (x0, y0, x1, y1) == (0, 0, 0, 0):
         if payload:
             raise InputError("encoded mask has an empty box but carries pixel data")
-        return np.zeros((h, w), dtype=bool)
+        return MaskCrop(w, h, 0, 0, np.zeros((0, 0), dtype=bool))
     if not (x0 < x1 <= w and y0 < y1 <= h):
         raise InputError(f"encoded mask box ({x0},{y0},{x1},{y1}) is outside its {w}x{h} frame")
     n = (x1 - x0) * (y1 - y0)
@@ -125,9 +149,7 @@ def decode_mask(data: bytes, *, expect_size: tuple[int, int] | None = None) -> n
     # would not be byte-exact).
     if bbox_of(crop) != (0, 0, x1 - x0, y1 - y0):
         raise InputError("encoded mask box is not the tight bounding box of its pixels")
-    out = np.zeros((h, w), dtype=bool)
-    out[y0:y1, x0:x1] = crop
-    return out
+    return MaskCrop(w, h, x0, y0, crop)
 
 
 def mask_to_png(mask: object) -> bytes:

@@ -206,7 +206,10 @@ def export_dir(store: Store, out: str | os.PathLike) -> dict[str, int]:
     try:
         (tmp / "masks").mkdir()
         with store.read() as s:
-            counts = _export(s, tmp)
+            counts, quarantined = _export(s, tmp)
+        if quarantined:  # one corrupt row is left out with a note, never aborts the export
+            _write_json(tmp / "quarantined.json", quarantined)
+            counts["quarantined"] = len(quarantined)
         _write_json(
             tmp / "manifest.json",
             {
@@ -225,12 +228,21 @@ def export_dir(store: Store, out: str | os.PathLike) -> dict[str, int]:
     return counts
 
 
-def _export(s: Session, tmp: Path) -> dict[str, int]:
+def _export(s: Session, tmp: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    from db.integrity import flag_problem, json_problem
+
+    quarantined: list[dict[str, Any]] = []
     datasets = list(s.scalars(select(Dataset).order_by(Dataset.name)))
     ds_name = {d.id: d.name for d in datasets}
     models = list(s.scalars(select(Model).order_by(Model.name)))
     model_name = {m.id: m.name for m in models}
-    flags = list(s.scalars(select(Flag).order_by(Flag.uid)))
+    flags = []
+    for f in s.scalars(select(Flag).order_by(Flag.uid)):
+        why = flag_problem(f)
+        if why is None:
+            flags.append(f)
+        else:
+            quarantined.append({"table": "flags", "id": f.id, "uid": f.uid, "reason": why})
     image_ids = sorted({f.image_id for f in flags})
     images = list(s.scalars(select(Image).where(Image.id.in_(image_ids)))) if image_ids else []
     img = {i.id: i for i in images}
@@ -311,6 +323,14 @@ def _export(s: Session, tmp: Path) -> dict[str, int]:
     for sm in samples:
         pastes = []
         for p in sm.pastes:
+            bad = [(r, json_problem(r, "record")) for r in p.revisions]
+            bad = [(r, why) for r, why in bad if why]
+            if bad:  # the whole paste: a history with a hole in it would not import
+                quarantined += [
+                    {"table": "paste_revisions", "id": r.id, "sample": sm.uid, "reason": why}
+                    for r, why in bad
+                ]
+                continue
             revs = [
                 {
                     "number": r.number,
@@ -331,7 +351,7 @@ def _export(s: Session, tmp: Path) -> dict[str, int]:
                 "background_id": sm.background_id,
                 "seed": sm.seed,
                 "status": sm.status,
-                "render": sm.render,
+                "render": _render_or_note(sm, quarantined),
                 "created": _iso(sm.created),
                 "updated": _iso(sm.updated),
                 "pastes": pastes,
@@ -345,7 +365,20 @@ def _export(s: Session, tmp: Path) -> dict[str, int]:
         "flags": len(flags),
         "samples": len(samples),
         "paste_revisions": n_rev,
-    }
+    }, quarantined
+
+
+def _render_or_note(sm: SyntheticSample, quarantined: list[dict[str, Any]]) -> Any:
+    """A sample's render cache, or None (noted) when it does not parse: it is only a cache."""
+    from db.integrity import json_problem
+
+    why = json_problem(sm, "render")
+    if why:
+        quarantined.append(
+            {"table": "synthetic_samples", "id": sm.id, "uid": sm.uid, "reason": why}
+        )
+        return None
+    return sm.render
 
 
 def _load(folder: Path, name: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""``anomseg db``: upgrade / current / backup / restore / export / import the store."""
+"""``anomseg db``: upgrade / current / backup / restore / export / import / check the store."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="new or empty folder")
     p = sub.add_parser("import", parents=[where], help="import an export folder")
     p.add_argument("dir", help="folder written by 'anomseg db export'")
+    p = sub.add_parser(
+        "check", parents=[where], help="list corrupt rows (flag masks, paste JSON) by id"
+    )
+    p.add_argument(
+        "--fix",
+        action="store_true",
+        help="delete corrupt flags, turn corrupt paste revisions into removals, clear bad caches",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,8 +69,33 @@ def run(args: argparse.Namespace) -> int:
             migrate.upgrade(store)
             counts = transfer.export_dir(store, args.dir)
             print(f"exported to {args.dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            if counts.get("quarantined"):
+                print(
+                    f"skipped {counts['quarantined']} corrupt row(s), listed in "
+                    f"{args.dir}/quarantined.json ('anomseg db check --fix' repairs them)"
+                )
         elif action == "import":
             migrate.upgrade(store)
             counts = transfer.import_dir(store, args.dir)
             print(f"imported {args.dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        elif action == "check":
+            return _check(store, args.fix)
     return 0
+
+
+def _check(store, fix: bool) -> int:
+    """List the quarantined rows (exit 1 while any remain); ``fix`` repairs or deletes them."""
+    from db import integrity, migrate
+
+    migrate.upgrade(store)
+    with store.read() as s:
+        problems = integrity.check_store(s)
+    for p in problems:
+        print(p.line())
+    if fix and problems:
+        for line in store.transact(lambda s: integrity.fix_problems(s, problems)):
+            print(line)
+        with store.read() as s:
+            problems = integrity.check_store(s)
+    print(f"{len(problems)} corrupt row(s)" if problems else "no corrupt rows")
+    return 1 if problems else 0
