@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import re
 import sys
 import tempfile
+import types
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--metric-mode", default="exact", choices=("exact", "streaming"))
     p.add_argument("--out", help="write rows to a .json or .csv file (values as fractions)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument(
+        "--batch-size", type=parse_batch_size, default=1,
+        help="images per forward, or 'auto' (from free GPU memory; 1 on CPU)",
+    )  # fmt: skip
+    p.add_argument(
+        "--nproc", type=int, default=1,
+        help="processes to shard the images over (metrics merged exactly); under torchrun "
+        "each launched process is one rank by itself",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (image decoding)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
@@ -62,6 +72,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="store that holds the heads named by head:N (default $ANOMSEG_WORKSPACE or ./workspace)",
     )
     where.add_argument("--url", help="database URL of that store instead of a workspace folder")
+
+
+def parse_batch_size(text: str) -> int | str:
+    """'4' -> 4; 'auto' -> 'auto' (chosen from free device memory)."""
+    t = str(text).strip().lower()
+    if t == "auto":
+        return t
+    if not t.isdigit() or int(t) < 1:
+        raise InputError(f"--batch-size {text!r}; expected a positive integer or 'auto'")
+    return int(t)
+
+
+def rank_setup(
+    model: str,
+    checkpoint: str | None,
+    size: tuple[int, int] | str | None,
+    device: str,
+    methods: list[str],
+    workspace: str | None,
+    url: str | None,
+    rank: int,
+) -> tuple[Any, dict[str, Any]]:
+    """One process's (predictor, head scorers): what each rank of --nproc / torchrun builds."""
+    from anomseg.distributed import rank_device
+    from anomseg.models.registry import create_model
+    from anomseg.predict import Predictor
+
+    extra = head_scorers(methods, checkpoint, workspace, url)
+    net = create_model(model, checkpoint=checkpoint)
+    return Predictor(net, device=rank_device(device, rank), input_size=size), extra
+
+
+def _progress_bars(enabled: bool) -> Any:
+    """on_image for a multi-process run: one tqdm bar per dataset, images done over all ranks."""
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def on_image(name: str, done: int, total: int) -> None:
+        if name not in bars:
+            bars[name] = tqdm(total=total, desc=f"eval {name}", unit="img", disable=not enabled,
+                              file=sys.stderr)  # fmt: skip
+        bars[name].update(done - bars[name].n)
+        if done >= total:
+            bars[name].close()
+
+    return on_image
 
 
 def parse_size(text: str | None) -> tuple[int, int] | str | None:
@@ -242,8 +299,19 @@ def run(args: argparse.Namespace) -> int:
     parse_methods(methods, extra)
     check_metric_mode(args.metric_mode)
     out = check_out(args.out)
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size {args.batch_size}; expected >= 1")
+    if args.batch_size != "auto" and args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}; expected >= 1 or 'auto'")
+    from anomseg.distributed import env_rank_world, evaluate_nproc, init_from_env, rank_device
+
+    nproc = getattr(args, "nproc", 1)
+    rank, world = env_rank_world()
+    if nproc < 1:
+        raise InputError(f"--nproc {nproc}; expected >= 1")
+    if nproc > 1 and world > 1:
+        raise InputError(
+            f"--nproc {nproc} under torchrun (WORLD_SIZE={world}); expected one or the other: "
+            "torchrun already starts one process per rank"
+        )
     if args.workers < 0:
         raise InputError(f"--workers {args.workers}; expected >= 0")
     remap = parse_remap(args.remap)
@@ -254,24 +322,39 @@ def run(args: argparse.Namespace) -> int:
         if names.count(d.name) > 1:
             d.name = f"{Path(d.root).parent.name}/{d.name}"
             names[i] = d.name
-    model = create_model(args.model, checkpoint=args.checkpoint)
-    if args.checkpoint is None:
+    if args.checkpoint is None and rank == 0:
         print(f"warning: no --checkpoint given; {args.model} runs with its initial weights",
               file=sys.stderr)  # fmt: skip
-    predictor = Predictor(model, device=device, input_size=size)
-    rows = evaluate(
-        predictor,
-        datasets,
-        methods,
+    options = dict(
         metric_mode=args.metric_mode,
-        progress=not args.no_progress,
         batch_size=args.batch_size,
         num_workers=args.workers,
         skip_without_anomaly=not args.all_images,
-        extra=extra,
         # per-image values cost a sort per image and method; only a JSON output holds them
         per_image=out is not None and out.suffix.lower() == ".json",
     )
+    setup = functools.partial(
+        rank_setup, args.model, args.checkpoint, size, str(device), methods,
+        getattr(args, "workspace", None), getattr(args, "url", None),
+    )  # fmt: skip
+    if nproc > 1:
+        rows, info = evaluate_nproc(
+            nproc, setup, datasets, methods, on_image=_progress_bars(not args.no_progress),
+            **options,
+        )  # fmt: skip
+        predictor = types.SimpleNamespace(**info)
+    else:
+        rank, world = init_from_env()  # a torchrun rank joins its group; else (0, 1)
+        predictor = Predictor(
+            create_model(args.model, checkpoint=args.checkpoint),
+            device=rank_device(str(device), rank), input_size=size,
+        )  # fmt: skip
+        rows = evaluate(
+            predictor, datasets, methods, progress=not args.no_progress and rank == 0,
+            extra=extra, rank=rank, world=world, **options,
+        )  # fmt: skip
+        if rank != 0:  # its shard is in rank 0's rows, which rank 0 prints and writes
+            return 0
     print(format_table(rows))
     skipped = {r.dataset: r.n_skipped for r in rows if r.n_skipped}
     for ds, n in skipped.items():
