@@ -26,7 +26,10 @@ from anomseg.data.benchmark import ANOMALY, PairedDataset
 from anomseg.errors import InputError
 from anomseg.imageio import resize_label
 
-METRIC_MODES = ("exact", "streaming")
+METRIC_MODES = ("exact", "streaming", "smiyc")
+# where maps and labels meet: "input" = the label resized (nearest) to the map (the seed's
+# protocol); "label" = the map resized (bilinear) to the label's native size (SegmentMeIfYouCan's)
+SCORE_SIZES = ("input", "label")
 
 
 @dataclass
@@ -51,11 +54,13 @@ class EvalRow:
     metric_mode: str = "exact"
     input_size: tuple[int, int] | None = None
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    components: dict[str, Any] = field(default_factory=dict)  # anomseg.components values
+    protocol: dict[str, Any] = field(default_factory=dict)  # anomseg.protocol card
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The metric values as a dict (what the result store keeps)."""
-        return {"auprc": self.auprc, "fpr95": self.fpr95, "auroc": self.auroc}
+        """The metric values as a dict (what the result store keeps): pixel and component."""
+        return {"auprc": self.auprc, "fpr95": self.fpr95, "auroc": self.auroc, **self.components}
 
     def to_dict(self, per_image: bool = True) -> dict[str, Any]:
         """A JSON-ready dict (NaN -> None)."""
@@ -157,10 +162,21 @@ def register_method_metric(name: str, factory: Callable[[str], Any]) -> None:
 def _pixel_metric(mode: str) -> Any:
     from anomseg.metrics import AnomalyMetrics
 
+    if mode == "smiyc":
+        from anomseg.smiyc import SmiycPixelMetrics
+
+        return SmiycPixelMetrics()
     return AnomalyMetrics(mode=mode)
 
 
+def _component_metric(mode: str) -> Any:
+    from anomseg.components import DeferredComponents
+
+    return DeferredComponents()  # the same in every mode: the threshold comes from "pixel"
+
+
 register_method_metric("pixel", _pixel_metric)
+register_method_metric("components", _component_metric)
 
 
 class DatasetEval:
@@ -180,7 +196,13 @@ class DatasetEval:
         metric_mode: str = "exact",
         per_image: bool = True,
         skip_without_anomaly: bool = True,
+        score_size: str = "input",
     ) -> None:
+        if score_size not in SCORE_SIZES:
+            raise InputError(
+                f"score size {score_size!r}; expected one of: {', '.join(SCORE_SIZES)}"
+            )
+        self.score_size = score_size
         self.name = name
         self.specs = [(c, n, dict(p)) for c, n, p in specs]
         self.metric_mode = metric_mode
@@ -190,6 +212,10 @@ class DatasetEval:
             canon: {k: make(metric_mode) for k, make in METHOD_METRICS.items()}
             for canon, _, _ in self.specs
         }
+        for mine in self.metrics.values():
+            for metric in mine.values():
+                if hasattr(metric, "for_dataset"):
+                    metric.for_dataset(name)
         self.images: dict[str, list[tuple[int, dict[str, Any]]]] = {c: [] for c in self.metrics}
         self.method_seconds = dict.fromkeys(self.metrics, 0.0)
         self.n_used = self.n_skipped = 0
@@ -211,6 +237,11 @@ class DatasetEval:
         """Score image ``index`` of the dataset with every method; update metrics, per-image."""
         from anomseg.metrics import per_image as per_image_metrics
 
+        # native: the label as given (at its own size when score_size == "label"); the size
+        # filters of component metrics count pixels of the image's native size
+        native = label
+        meta = getattr(prediction, "meta", None) or {}
+        native_hw = tuple(meta.get("image_size") or label.shape)
         label = _label_at(label, prediction.size)
         n_anom = int((label == ANOMALY).sum())
         if self.skip_without_anomaly and n_anom == 0:  # lost by resizing: as the seed, skip it
@@ -220,12 +251,20 @@ class DatasetEval:
         for canon, sname, params in self.specs:
             t0 = time.perf_counter()
             s = method_scores(sname, params, prediction, extra)
-            lab = _label_at(label, s.shape)
+            if self.score_size == "label":
+                from anomseg.scoremaps import resize_scores
+
+                s, lab = resize_scores(s, native.shape), native
+            else:
+                lab = _label_at(label, s.shape)
             if self.per_image:
                 vals = _per_image_values(per_image_metrics(s, lab)) if n_anom else {}
                 self.images[canon].append((index, {"name": name, "n_anomaly": n_anom, **vals}))
             for metric in self.metrics[canon].values():
-                metric.update(s, lab)
+                if getattr(metric, "takes_hints", False):
+                    metric.update(s, lab, index=index, native_hw=native_hw)
+                else:
+                    metric.update(s, lab)
             self.method_seconds[canon] += time.perf_counter() - t0
 
     def merge(self, other: DatasetEval) -> DatasetEval:
@@ -249,10 +288,21 @@ class DatasetEval:
 
     def results(self) -> dict[str, dict[str, dict[str, Any]]]:
         """method -> metric name -> its ``compute()`` ({} for a dataset with no image used)."""
-        return {
-            canon: {k: (m.compute() if self.n_used else {}) for k, m in mine.items()}
-            for canon, mine in self.metrics.items()
-        }
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for canon, mine in self.metrics.items():
+            res = {
+                k: (m.compute() if self.n_used else {})
+                for k, m in mine.items()
+                if not getattr(m, "needs_threshold", False)
+            }
+            # component metrics threshold the maps at the pixel curve's best F1 (SegmentMeIfYouCan)
+            pixel = mine.get("pixel")
+            thr = pixel.best_f1_threshold() if self.n_used and pixel is not None else None
+            for k, m in mine.items():
+                if getattr(m, "needs_threshold", False):
+                    res[k] = m.compute(thr) if self.n_used else {}
+            out[canon] = res
+        return out
 
     def rows(
         self,
@@ -268,6 +318,7 @@ class DatasetEval:
         rows = []
         for canon, _, _ in self.specs:
             res = results[canon].get("pixel", {})
+            comp = results[canon].get("components", {})
             own = self.method_seconds[canon] + self.forward_seconds / n
             rows.append(
                 EvalRow(
@@ -285,7 +336,11 @@ class DatasetEval:
                     metric_mode=self.metric_mode,
                     model=model,
                     input_size=input_size,
-                    per_image=[v for _, v in sorted(self.images[canon], key=lambda e: e[0])],
+                    components={k: v for k, v in comp.items() if k != "per_image"},
+                    per_image=[
+                        {**v, **comp.get("per_image", {}).get(i, {})}
+                        for i, v in sorted(self.images[canon], key=lambda e: e[0])
+                    ],
                 )
             )
         return rows
@@ -353,6 +408,7 @@ def evaluate(
     overlap: bool = True,
     rank: int = 0,
     world: int = 1,
+    score_size: str = "input",
 ) -> list[EvalRow]:
     """Evaluate every method on every dataset from ONE forward per image; rows dataset x method.
 
@@ -360,7 +416,9 @@ def evaluate(
     progress bars; it may raise to cancel the run). ``extra`` maps names such as ``head:3`` to
     scorer specs known only to this run (``anomseg.models.heads.head_spec``). ``overlap``
     scores image i in a background thread while image i+1 is forwarded. ``batch_size`` may be
-    ``"auto"`` (from free device memory, ``Predictor.auto_batch_size``).
+    ``"auto"`` (from free device memory, ``Predictor.auto_batch_size``). ``score_size``:
+    ``"input"`` scores at the model's input size (label resized nearest, the seed's protocol),
+    ``"label"`` resizes each map bilinearly to the label's native size (SegmentMeIfYouCan's).
 
     Multi-process (``rank``/``world`` > 1, a ``torch.distributed`` group initialised, see
     ``anomseg.distributed``): this rank evaluates images ``rank, rank + world, ...`` and the
@@ -377,7 +435,9 @@ def evaluate(
         batch_size = predictor.auto_batch_size()
     rows: list[EvalRow] = []
     for ds in datasets:
-        acc = DatasetEval(ds.name, specs, metric_mode, per_image, skip_without_anomaly)
+        acc = DatasetEval(
+            ds.name, specs, metric_mode, per_image, skip_without_anomaly, score_size=score_size
+        )
         shard = range(rank, len(ds), world)
         t_start = time.perf_counter()
         bar = tqdm(
@@ -402,6 +462,8 @@ def evaluate(
                 if pred is None:
                     scorer.submit(acc.skip)
                 else:
+                    if score_size == "label":  # the maps go to the label's native size
+                        label = ds.read_label(index)
                     scorer.submit(acc.add, index, name, pred, label, extra)
             scorer.drain()
         finally:

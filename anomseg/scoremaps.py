@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -188,3 +189,48 @@ def describe_bytes(n: int) -> str:
         return f"{n} B"
     e = min(int(math.log(n, 1024)), 4)
     return f"{n / 1024**e:.1f} {'BKMGT'[e]}B"
+
+
+def export_scores(
+    predictor: Any,
+    dataset: Any,
+    methods: list[str],
+    out: Path,
+    fmt: str = "smiyc",
+    extra: Mapping[str, Any] | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write every method's map of every frame of ``dataset`` under ``out`` in format ``fmt``,
+    resized bilinearly to the image's native size (what the official evaluator reads); one
+    forward per image. Each file is written whole or not at all. Returns a summary."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from anomseg.evaluate import method_scores, parse_methods
+
+    form = get_format(fmt)
+    specs = parse_methods(methods, extra)
+    ds_name = official_dataset_name(dataset.name)
+    n_files = n_bytes = 0
+    it = predictor.predict_dataset(dataset, batch_size=batch_size, num_workers=num_workers)
+    for i, (frame, pred, _label) in enumerate(
+        tqdm(
+            it,
+            total=len(dataset),
+            desc=f"export {dataset.name}",
+            unit="img",
+            disable=not progress,
+            file=sys.stderr,
+        )  # fmt: skip
+    ):
+        hw = (pred.meta or {}).get("image_size") or dataset.read_label(i).shape
+        for canon, sname, params in specs:
+            s = resize_scores(method_scores(sname, params, pred, extra), tuple(hw))
+            path = form.path(Path(out), canon, ds_name, frame)
+            form.write(path, s)
+            n_files += 1
+            n_bytes += path.stat().st_size
+    return {"files": n_files, "bytes": n_bytes, "dataset": ds_name, "format": fmt}

@@ -1448,16 +1448,13 @@ class Services:
         self,
         model: str,
         head: str = "stats",
-        epochs: int | None = None,
-        lr: float | None = None,
-        fp_weight: float | None = None,
+        epochs: int = 5,
+        lr: float = 1e-3,
+        fp_weight: float = 5.0,
         activate: bool | str = True,
         extra: dict[str, Any] | None = None,
     ) -> int:
-        """Validate and queue a head-training job; returns its id (no job on a bad request).
-
-        Options left at None take training.trainer.TrainConfig's defaults (as `anomseg train`).
-        """
+        """Validate and queue a head-training job; returns its id (no job on a bad request)."""
         from training.jobs import enqueue_training
 
         params = {
@@ -1468,12 +1465,7 @@ class Services:
             "fp_weight": float(fp_weight),
             "activate": activate,
             **(extra or {}),
-        from training.trainer import TrainConfig
         }
-        d = TrainConfig()
-        epochs = d.epochs if epochs is None else epochs
-        lr = d.lr if lr is None else lr
-        fp_weight = d.fp_weight if fp_weight is None else fp_weight
         return enqueue_training(self.store, params)
 
     def job_state(self, job_id: int) -> JobState:
