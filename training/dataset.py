@@ -1,8 +1,9 @@
 """The training set of an anomaly head: labelled pixels from curated samples plus flags.
 
 Sources (``TrainImage``): an accepted synthetic sample brings its ground truth (0 normal,
-1 anomaly, 255 ignore); an image of a ``train`` / ``synthetic`` dataset without ground truth
-brings only its flagged pixels. Flags are applied in creation order on top (the latest word wins):
+1 anomaly, 255 ignore), and so does an image of a ``train`` dataset registered in the labelled
+layout (``images/`` + ``labels_masks/``); an image of a ``train`` / ``synthetic`` dataset
+without ground truth brings only its flagged pixels. Flags are applied in creation order on top (the latest word wins):
 
 * false positive -> normal, with loss weight ``fp_weight`` (the user said "this is not an anomaly,
   and it matters"),
@@ -239,11 +240,14 @@ def build_pixel_set(
     fn_weight: float = 2.0,
     need_features: bool = False,
     progress: Callable[[float, str], None] | None = None,
+    void_as_normal: bool = False,
 ) -> tuple[PixelSet, Snapshot]:
     """Cached statistics + labels of every usable image -> (PixelSet, Snapshot).
 
     ``predict(rgb) -> Prediction`` runs only for images missing from the cache. Raises
-    InputError when nothing usable remains (no positives or no negatives).
+    InputError when nothing usable remains (no positives or no negatives). ``void_as_normal``:
+    ground-truth void (255) trains as normal (the seed's stats head) instead of being ignored;
+    pixels of an image without ground truth stay unlabelled either way.
     """
     snap = Snapshot()
     keys = ("stats", "target", "weight", "image", "pos", "flagged")
@@ -267,6 +271,8 @@ def build_pixel_set(
             rgb = item.load_rgb()
             hw = rgb.shape[:2]
         codes = label_codes(hw, target, item.flags)
+        if void_as_normal and target is not None:
+            codes[(np.asarray(target) == IGNORE) & (codes == IGNORE)] = NORMAL
         y, w, flg, keep = lattice_labels(codes, size, cache.stride, fp_weight, fn_weight)
         if keep.size == 0:
             continue
@@ -456,6 +462,65 @@ def _mask_loader(blob: bytes, width: int, height: int, flag_id: int) -> Callable
     return load
 
 
+LABELLED_LAYOUT = "benchmark"  # images/ + labels_masks/, validated when registered
+
+
+def _label_loader(path: Path, remap: dict[int, int] | None) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        label = load_target_file(path)
+        if remap:
+            lut = np.arange(256, dtype=np.uint8)
+            for k, v in remap.items():
+                lut[k] = v
+            label = lut[label]
+        return label
+
+    return load
+
+
+def labelled_train_images(
+    session: Any, flags_by_image: dict[int, list[FlagRegion]] | None = None
+) -> list[TrainImage]:
+    """Every registered image of a ``train`` dataset in the labelled layout, with its labels.
+
+    Such a dataset (``anomseg add-dataset ROOT --role train`` on an ``images/`` +
+    ``labels_masks/`` folder: 0 normal, 1 anomaly, 255 ignore, after the dataset's value remap)
+    trains directly, next to accepted pastes; its images' flags apply on top. Only the ``train``
+    role is read here: eval / heldout datasets never train, whatever their layout.
+    """
+    from anomseg.data.benchmark import BenchmarkDataset, known_remap
+    from db.catalog import list_datasets, list_images
+
+    flags_by_image = flags_by_image or {}
+    out: list[TrainImage] = []
+    for ds in list_datasets(session, role="train"):
+        if ds.layout != LABELLED_LAYOUT:
+            continue
+        root = Path(ds.root)
+        stored = ds.label_remap
+        remap = (
+            {int(k): int(v) for k, v in stored.items()}
+            if isinstance(stored, dict) and stored
+            else known_remap(root.name)
+        )
+        for img in list_images(session, ds):
+            label = BenchmarkDataset._find_label(root / "labels_masks", Path(img.path).stem)
+            if label is None:
+                continue
+            out.append(
+                TrainImage(
+                    f"image:{img.id}",
+                    img.sha256,
+                    _read_rgb(_resolve(ds.root, img.path)),
+                    _label_loader(label, remap),
+                    flags_by_image.get(img.id, []),
+                    role=ds.role,
+                    info={"image_id": img.id, "path": img.path, "dataset": ds.name},
+                )
+            )
+    return out
+
+
 def training_images_from_store(
     session: Any, model_id: int, *, render_sample: RenderFn | None = None
 ) -> tuple[list[TrainImage], list[str]]:
@@ -465,6 +530,8 @@ def training_images_from_store(
       (``SyntheticSample.render`` = {"image": path, "gt": path, optional "image_id",
       "image_sha256", "revisions_hash"}; paths relative to the sample's dataset root), or from
       ``render_sample(sample, current records)`` when the cache is missing or stale;
+    * every image of a ``train`` dataset in the labelled layout (``labelled_train_images``):
+      its ``labels_masks/`` ground truth, flags on top;
     * every image of a train / synthetic dataset with flags of this model (flags of eval /
       heldout images are never read: ``db.flags.flags_for_training``).
 
@@ -547,6 +614,11 @@ def training_images_from_store(
             covered.add(img_row.id)
             if ds.role not in NO_TRAIN_ROLES:
                 used_image_ids.append(img_row.id)
+        out.append(item)
+
+    for item in labelled_train_images(session, flags_by_image):
+        covered.add(item.info["image_id"])
+        used_image_ids.append(item.info["image_id"])
         out.append(item)
 
     rest = [i for i in flags_by_image if i not in covered]

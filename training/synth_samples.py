@@ -191,10 +191,12 @@ def _workspace(store: Any, workspace: str | Path | None) -> Path:
 def _pin_defaults(spec: dict[str, Any], ws: Path) -> dict[str, Any]:
     """Absolute paths, and a pseudo-label folder for an unlabelled folder source."""
     spec = json.loads(json.dumps(spec))
-    for part in ("backgrounds", "objects"):
+    # path options by part ("images" is a folder name under the root for a labelled source)
+    path_keys = {"backgrounds": ("root", "pseudo_labels"), "objects": ("annotations", "images")}
+    for part, keys in path_keys.items():
         opts = spec[part].setdefault("options", {})
         for key, value in list(opts.items()):
-            if key in ("root", "annotations", "images", "pseudo_labels") and isinstance(value, str):
+            if key in keys and isinstance(value, str):
                 opts[key] = str(Path(value).expanduser().resolve())
     bg = spec["backgrounds"]
     if bg["source"] == "folder":
@@ -356,10 +358,19 @@ def generate_samples(
         raise InputError(f"status: expected 'proposed' or 'accepted', got {status!r}")
     say = progress or (lambda f, m: None)
     ws = _workspace(store, workspace)
+    built = None
     if backgrounds is not None or objects is not None:
         if backgrounds is None or objects is None:
             raise InputError("give both backgrounds and objects specs, or neither")
-        spec = make_spec(backgrounds, objects, placement, tuple(instances or (1, 3)))
+        spec = _pin_defaults(
+            make_spec(backgrounds, objects, placement, tuple(instances or (1, 3))), ws
+        )
+        # build both sources first: a bad root, class map or COCO file is refused before the
+        # dataset is created
+        built = (
+            build_backgrounds(spec["backgrounds"], store=store, workspace=ws, predictor=predictor),
+            build_objects(spec["objects"]),
+        )
         create_synthetic_dataset(store, dataset, spec, workspace=ws)
     with store.read() as s:
         ds = catalog.get_dataset(s, dataset)
@@ -373,9 +384,21 @@ def generate_samples(
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec is None:
         return _procedural(store, ds_id, n, seed, status, out_dir, say)
-    if placement is not None or instances is not None:
-        spec = {**spec, "placement": placement, "instances": list(instances or spec["instances"])}
-    return _from_spec(store, ds_id, spec, used, n, seed, status, out_dir, say, ws, predictor)
+    if backgrounds is None and placement is not None:  # a one-off override for this batch
+        spec = {**spec, "placement": dict(placement)}
+    if backgrounds is None and instances is not None:
+        spec = {
+            **spec,
+            "instances": list(
+                make_spec(spec["backgrounds"], spec["objects"], None, tuple(instances))["instances"]
+            ),
+        }
+    if built is None:
+        built = (
+            build_backgrounds(spec["backgrounds"], store=store, workspace=ws, predictor=predictor),
+            build_objects(spec["objects"]),
+        )
+    return _from_spec(store, ds_id, spec, built, used, n, seed, status, out_dir, say)
 
 
 def _samples(session: Any, ds_id: int) -> list[Any]:
@@ -388,14 +411,13 @@ def _from_spec(
     store: Any,
     ds_id: int,
     spec: dict[str, Any],
+    built: tuple[Any, Any],
     used: list[str],
     n: int,
     seed: int,
     status: str,
     out_dir: Path,
     say: Progress,
-    ws: Path,
-    predictor: Any,
 ) -> list[int]:
     from collections import Counter
 
@@ -403,8 +425,7 @@ def _from_spec(
     from anomseg.synth.placement import propose, rng_for
     from anomseg.synth.render import render
 
-    bgs = build_backgrounds(spec["backgrounds"], store=store, workspace=ws, predictor=predictor)
-    objs = build_objects(spec["objects"])
+    bgs, objs = built
     cfg = _placement(spec.get("placement"))
     lo, hi = spec.get("instances") or (1, 3)
     ids = bgs.ids()

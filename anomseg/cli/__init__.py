@@ -26,6 +26,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("anomseg.cli.serve_cmd", "start the dashboard"),
     "add-dataset": ("anomseg.cli.register_cmd", "register a benchmark or training dataset"),
     "add-model": ("anomseg.cli.register_cmd", "register a model checkpoint"),
+    "export-scores": (
+        "anomseg.cli.export_cmd",
+        "write score maps per image and method (official SegmentMeIfYouCan layout or .npy)",
+    ),
+    "add-synthetic": (
+        "anomseg.cli.synthetic_cmd",
+        "create / fill a synthetic dataset: real backgrounds x COCO objects, stored pastes",
+    ),
 }
 
 

@@ -11,7 +11,11 @@ def _workspace_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments_add_dataset(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", help="dataset folder: images/ + labels_masks/ (benchmark layout)")
+    p.add_argument(
+        "root",
+        help="dataset folder: images/ + labels_masks/ (benchmark layout; with --role train its "
+        "labels train heads), or images/ only",
+    )
     p.add_argument("--name", default=None, help="dataset name (default: folder name)")
     p.add_argument(
         "--role",
@@ -43,8 +47,12 @@ def run_add_dataset(args: argparse.Namespace) -> int:
                 f"dataset {name!r} is already registered (id {old.id}, role {old.role}, root "
                 f"{old.root}); pick another --name for {root}"
             )
-    if args.role == "eval":
-        ds_id = ws.register_benchmark(name, root, remap=None if remap == "auto" else remap)
+    labelled = (root / "labels_masks").is_dir()
+    if args.role == "eval" or (args.role == "train" and labelled):
+        # a labelled train dataset is validated like a benchmark and trains on its labels
+        ds_id = ws.register_benchmark(
+            name, root, role=args.role, remap=None if remap == "auto" else remap
+        )
     else:
         ds_id = ws.register_folder(name, root, args.role, layout="segmentation")
     print(f"registered dataset {name!r} (id {ds_id}, role {args.role}, root {root})")
