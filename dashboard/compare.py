@@ -6,6 +6,7 @@ in the services' bounded map cache, so the sliders and checkboxes here only re-r
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,7 +17,7 @@ from dashboard import panels as panel_html
 from dashboard import render
 from dashboard.scales import scale_of
 from dashboard.services import THRESHOLD_MODES, CompareResult, CompareStyle, ParamChoice, Services
-from dashboard.ui import Context, guarded
+from dashboard.ui import Context, guarded, refusing
 
 EMPTY_TABLE = pd.DataFrame(columns=["method", "spec", "AuPRC %", "FPR95 %"])
 
@@ -329,15 +330,29 @@ def build(ctx: Context) -> None:
 
     gallery.select(on_pick, gallery_ids, image_id, api_name=False)
 
-    @guarded
+    def _user_path(msg: str, path=None, *_rest) -> str:
+        # the server's temporary copy (/tmp/gradio/<hash>/name) means nothing to the user:
+        # name their own file instead
+        if path:
+            p = Path(str(path))
+            msg = msg.replace(str(p), p.name).replace(str(p.parent) + "/", "")
+        return msg
+
+    @refusing(3, status=2, tidy=_user_path)
     def on_upload(path):
         if not path:
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
         new_id = svc.register_upload(path)
-        gr.Info("Image uploaded and registered in the 'uploads' dataset.")
-        return new_id, None
+        gr.Info(f"{Path(str(path)).name} uploaded and registered in the 'uploads' dataset.")
+        # the upload box is cleared either way, so it never stays in an error state
+        return new_id, None, gr.update()
 
-    upload.upload(on_upload, upload, [image_id, upload], api_name="upload")
+    def _clear_upload():
+        return None
+
+    upload.upload(on_upload, upload, [image_id, upload, image_info], api_name="upload").then(
+        _clear_upload, None, upload, api_name=False
+    )
 
     @guarded
     def on_full(m, img, names, name, op, mode, t, sh, gt, cm, ds, *pvals):

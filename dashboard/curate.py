@@ -12,7 +12,7 @@ import pandas as pd
 
 from anomseg.errors import InputError
 from dashboard.services import Services
-from dashboard.ui import Context, guarded, progress_html, user_of
+from dashboard.ui import Context, guarded, progress_html, refusing, user_of
 
 STATUSES = ["all", "proposed", "accepted", "rejected"]
 EMPTY_SAMPLES = pd.DataFrame(columns=["id", "status", "background", "pastes", "updated"])
@@ -145,7 +145,7 @@ def build(ctx: Context) -> None:
         fill_fields, [sample_id, key], [obj, scale, feather, flip, photometric], api_name=False
     )
 
-    @guarded
+    @refusing(3, status=2)
     def apply(sid, k, o, sc, fe, fl, ph, request: gr.Request = None):
         if not sid or int(sid) <= 0 or not k:
             raise InputError("select a sample and one of its pastes first")
@@ -167,7 +167,7 @@ def build(ctx: Context) -> None:
         api_name="edit_paste",
     )
 
-    @guarded
+    @refusing(3, status=2)
     def click_move(sid, k, evt: gr.SelectData, request: gr.Request = None):
         if not sid or int(sid) <= 0 or not k:
             raise InputError("select a sample and one of its pastes first")
@@ -180,7 +180,7 @@ def build(ctx: Context) -> None:
 
     preview.select(click_move, [sample_id, key], [preview, pastes, edit_status], api_name=False)
 
-    @guarded
+    @refusing(3, status=2)
     def undo(sid, k):
         if not sid or int(sid) <= 0 or not k:
             raise InputError("select a sample and one of its pastes first")
@@ -188,7 +188,7 @@ def build(ctx: Context) -> None:
         img, df, _ = svc.sample_view(int(sid), k)
         return img, df, f"Undone: paste **{k}** back at revision {rev}."
 
-    @guarded
+    @refusing(3, status=2)
     def redo(sid, k):
         if not sid or int(sid) <= 0 or not k:
             raise InputError("select a sample and one of its pastes first")

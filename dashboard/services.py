@@ -268,6 +268,16 @@ def mask_to_full_size(mask: np.ndarray, full_size: tuple[int, int]) -> np.ndarra
     return render.resize_labels(np.asarray(mask, dtype=bool), full_size)
 
 
+def safe_display_name(client_name: str, max_len: int = 80) -> str:
+    """The user's file name as stored: letters, digits, ``_`` and ``-`` of its stem + ``.png``
+    (no dots, slashes or encoded separators survive, so it can never leave its folder)."""
+    import re
+
+    stem = client_name.rsplit(".", 1)[0] if "." in client_name else client_name
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_-")[:max_len]
+    return f"{stem or 'upload'}.png"
+
+
 def safe_upload_name(data_hash: str, suffix: str = ".png") -> str:
     """The stored file name of an upload: its content hash, never the client's file name."""
     if not all(c in "0123456789abcdef" for c in data_hash) or len(data_hash) < 16:
@@ -577,9 +587,10 @@ class Services:
     def register_upload(self, file_path: str | Path, max_pixels: int | None = None) -> int:
         """Validate an uploaded file, store it under its content hash, register it; image id.
 
-        The client's file name is never used on disk (no path can escape the uploads folder);
-        a file that is not an image, is truncated, or is larger than the pixel limit is refused
-        with the reason, before anything is written.
+        Stored as ``uploads/<content hash>/<the user's file name, sanitised>.png``: the folder
+        comes from the pixels (no client path can escape the uploads folder) and the name is the
+        one the user knows. A file that is not an image, is truncated, or is larger than the
+        pixel limit is refused with the reason, before anything is written.
         """
         from PIL import Image as PILImage
 
@@ -592,19 +603,22 @@ class Services:
         digest = array_sha256(rgb)
         uploads = Path(self.ws.uploads_dir).resolve()
         uploads.mkdir(parents=True, exist_ok=True)
-        name = safe_upload_name(digest)
-        dest = uploads / name
-        if dest.resolve().parent != uploads:
+        folder = uploads / safe_upload_name(digest, "")
+        shown = safe_display_name(Path(str(file_path)).name)
+        dest = folder / shown
+        if dest.resolve().parent.parent != uploads:
             raise InputError("upload path escapes the workspace")
         if not dest.is_file():
-            tmp = uploads / f".{name}.{threading.get_ident()}.tmp"
+            folder.mkdir(exist_ok=True)
+            tmp = folder / f".{shown}.{threading.get_ident()}.tmp"
             PILImage.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
             tmp.replace(dest)
         file_hash = catalog.sha256_file(dest)
+        rel = f"{folder.name}/{shown}"
 
         def write(s: Any) -> int:
             ds = catalog.register_dataset(s, UPLOADS_DATASET, "train", uploads, layout="uploads")
-            img = catalog.add_image(s, ds, name, file_hash, rgb.shape[1], rgb.shape[0])
+            img = catalog.add_image(s, ds, rel, file_hash, rgb.shape[1], rgb.shape[0])
             return int(img.id)
 
         return self.store.transact(write)
@@ -1457,15 +1471,23 @@ class Services:
         self,
         model: str,
         head: str = "stats",
-        epochs: int = 5,
-        lr: float = 1e-3,
-        fp_weight: float = 5.0,
+        epochs: int | None = None,
+        lr: float | None = None,
+        fp_weight: float | None = None,
         activate: bool | str = True,
         extra: dict[str, Any] | None = None,
     ) -> int:
-        """Validate and queue a head-training job; returns its id (no job on a bad request)."""
-        from training.jobs import enqueue_training
+        """Validate and queue a head-training job; returns its id (no job on a bad request).
 
+        Options left at None take training.trainer.TrainConfig's defaults (as `anomseg train`).
+        """
+        from training.jobs import enqueue_training
+        from training.trainer import TrainConfig
+
+        d = TrainConfig()
+        epochs = d.epochs if epochs is None else epochs
+        lr = d.lr if lr is None else lr
+        fp_weight = d.fp_weight if fp_weight is None else fp_weight
         params = {
             "model": model,
             "head": head,

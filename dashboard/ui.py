@@ -101,6 +101,36 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def refusing(n_outputs: int, status: int, tidy: Callable[..., str] | None = None):
+    """For edits whose outputs show the last good state (a preview, a table): a refusal keeps
+    every output as it is and puts the reason in output ``status`` (plus a warning toast).
+
+    ``gr.Error`` would mark every output of the event "Error" and leave the status line showing
+    the previous success, which reads as a crash. ``tidy(message, *args)`` may rewrite the
+    message (e.g. to name the user's file instead of a server temp path).
+    """
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except AnomsegError as exc:
+                msg = tidy(str(exc), *args) if tidy is not None else str(exc)
+                title = "Not done"
+            except Exception as exc:  # a bug: say something specific, keep the trace in the log
+                log.error("dashboard handler %s failed:\n%s", fn.__name__, traceback.format_exc())
+                msg, title = f"{type(exc).__name__}: {exc}", "Internal error"
+            gr.Warning(msg, title=title)
+            out: list[Any] = [gr.update()] * n_outputs
+            out[status] = f"**{title}:** {msg}"
+            return tuple(out) if n_outputs > 1 else out[0]
+
+        return wrapper
+
+    return deco
+
+
 def progress_html(fraction: float, label: str) -> str:
     """A small progress bar (HTML)."""
     pct = max(0.0, min(1.0, float(fraction))) * 100

@@ -332,8 +332,10 @@ def test_upload_is_stored_under_its_hash_and_registered(svc, ws, tmp_path):
     Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(p)
     image_id = svc.register_upload(p)
     _img, ds, path = svc._image_paths(image_id)
-    assert ds.name == "uploads" and path.parent.resolve() == Path(ws.uploads_dir).resolve()
-    assert "evil" not in path.name
+    uploads = Path(ws.uploads_dir).resolve()
+    assert ds.name == "uploads" and path.parent.parent.resolve() == uploads
+    # the user's own file name is kept (sanitised), in a folder named by the pixels' hash
+    assert path.name == "evil_name.png" and svc.image_names(ds.id)[0][0] == "evil_name.png"
     res = svc.compare("tiny-erfnet", image_id, ["msp"])
     assert res.panels[0].auprc is None  # no ground truth for an upload
 

@@ -303,15 +303,17 @@ def test_upload_names_cannot_escape_the_uploads_folder(svc, tmp_path):
         image_id = svc.register_upload(c)
         _img, ds, path = svc._image_paths(image_id)
         path = path.resolve()
-        assert ds.name == "uploads" and path.parent == uploads, path
-        assert "evil" not in path.name and ".." not in path.name
-        # the stored file is the uploaded pixels, named by a hash of them
+        # stored in a folder named by a hash of the pixels, under the client's name sanitised
+        # to letters, digits, "_" and "-": no separator, dot or encoded step survives
+        assert ds.name == "uploads" and path.parent.parent == uploads, path
+        assert re.fullmatch(r"[0-9a-f]{32}", path.parent.name), path
+        assert re.fullmatch(r"[A-Za-z0-9_-]+\.png", path.name) and ".." not in path.name
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(c)))
         stored.append(path)
     assert len(set(stored)) == 3
     new = _files(tmp_path) - all_before
     # the only new files anywhere under tmp_path are the stored uploads (+ the store's files)
-    assert {p for p in new if p.parent == uploads} == set(stored)
+    assert {p for p in new if p.is_relative_to(uploads)} == set(stored)
     assert all(p.is_relative_to(ws.root.resolve()) for p in new), new
     assert not [p for p in new if not p.is_relative_to(uploads) and p.suffix == ".png"]
 
