@@ -7,6 +7,7 @@ function of a ``JobContext`` that reports progress and writes its results to the
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,17 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
             def on_image(_name: str, done: int, n: int, k: int = k, ds_name: str = ds_name):
                 ctx.progress((k + done / max(n, 1)) / total, f"{model} on {ds_name}: {done}/{n}")
 
-            rows = evaluate(predictor, [ds], usable, progress=False, on_image=on_image, extra=extra)
+            if ctx.nproc > 1:  # the worker's --nproc: images sharded, metrics merged exactly
+                from anomseg.distributed import evaluate_nproc
+
+                setup = functools.partial(
+                    _eval_rank_setup, str(ctx.workspace), ctx.store.url, model, heads
+                )
+                rows, _info = evaluate_nproc(ctx.nproc, setup, [ds], usable, on_image=on_image)
+            else:
+                rows = evaluate(
+                    predictor, [ds], usable, progress=False, on_image=on_image, extra=extra
+                )
             for r in rows:
                 if not r.n_images:
                     continue
@@ -151,6 +162,30 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
         return {"datasets": total, "methods": sorted(done_methods)}
     finally:
         ws.close()
+
+
+def _eval_rank_setup(
+    workspace: str, url: str, model: str, heads: list[tuple[int, str, str]], rank: int
+) -> tuple[Any, dict[str, Any]]:
+    """One rank of a multi-process evaluate job: the model's predictor and its ready heads."""
+    import torch
+
+    from anomseg.distributed import rank_device
+    from anomseg.models.heads import head_spec, load_head
+    from anomseg.predict import Predictor
+    from db.workspace import Workspace
+
+    ws = Workspace.open(Path(workspace), url=url)
+    try:
+        net = ws.load_model(model)
+    finally:
+        ws.close()
+    device = rank_device("cuda" if torch.cuda.is_available() else "cpu", rank)
+    extra = {}
+    for version, kind, path in heads:
+        head, _meta = load_head(path, kind=kind)
+        extra[f"head:{version}"] = head_spec(f"head:{version}", head)
+    return Predictor(net, device=device), extra
 
 
 def _add_result(s: Any, row: dict[str, Any]) -> None:

@@ -58,6 +58,7 @@ class JobContext:
     params: dict[str, Any]
     worker_id: str
     min_report_s: float = 0.5
+    nproc: int = 1  # processes a job may spread over (the worker's --nproc): evaluate shards
     _cancel: threading.Event = field(default_factory=threading.Event)
     _last: float = 0.0
     _last_msg: str = ""
@@ -113,7 +114,11 @@ class Worker:
         poll_s: float = 1.0,
         heartbeat_s: float = 5.0,
         stale_after_s: float = 60.0,
+        nproc: int = 1,
     ) -> None:
+        if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+            raise InputError(f"worker nproc {nproc!r}; expected an integer >= 1")
+        self.nproc = nproc
         self.store = store
         self.workspace = Path(workspace)
         from db.jobs import worker_identity
@@ -166,7 +171,9 @@ class Worker:
         if got is None:
             return None
         job_id, kind, params = got
-        ctx = JobContext(self.store, self.workspace, job_id, kind, params, self.worker_id)
+        ctx = JobContext(
+            self.store, self.workspace, job_id, kind, params, self.worker_id, nproc=self.nproc
+        )
         self.current = ctx
         stop_beat = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(ctx, stop_beat), daemon=True)
@@ -325,7 +332,10 @@ def check_training_request(store: Any, model: str | int, head: str = "stats") ->
 
 
 def enqueue_training(store: Any, params: dict[str, Any]) -> int:
-    """Validate a training request and queue it; returns the job id (no job on a bad request)."""
+    """Validate a training request and queue it; returns the job id (no job on a bad request).
+
+    A request identical to a queued or running one is merged into it (its id is returned).
+    """
     from db.jobs import enqueue_job
 
     p = dict(params)
@@ -338,4 +348,24 @@ def enqueue_training(store: Any, params: dict[str, Any]) -> int:
 
         ACTIVATION_RULES.get(str(rule))
     check_training_request(store, p["model"], cfg.head)
-    return store.transact(lambda s: enqueue_job(s, "train_head", p).id)
+
+    def write(s: Any) -> int:
+        # two quick clicks (or a client retry) must not train two identical heads: an identical
+        # request already queued or running answers with that job (same transaction, no race)
+        from sqlalchemy import select
+
+        from db.models import Job, dump_json
+
+        same = s.scalar(
+            select(Job.id)
+            .where(
+                Job.kind == "train_head",
+                Job.status.in_(("queued", "running")),
+                Job.params_json == dump_json(p),
+            )
+            .order_by(Job.id)
+            .limit(1)
+        )
+        return int(same) if same is not None else enqueue_job(s, "train_head", p).id
+
+    return store.transact(write)

@@ -370,6 +370,15 @@ def train_head(
     workspace = Path(workspace).resolve()  # stored head paths must work from any folder
 
     with store.read() as s:
+    if config.head == "oe":  # outlier exposure fine-tunes the model's own layers instead
+        from training.outlier_exposure import OEConfig, train_oe_version
+
+        return train_oe_version(
+            store, workspace, model, OEConfig.from_train_config(config), activate=activate,
+            device=device, evaluate=evaluate, progress=progress, should_stop=should_stop,
+            job_id=job_id, predictor=predictor, render_sample=render_sample,
+        )  # fmt: skip
+
         row = get_model(s, model)
         meta = row.meta or {}
         frozen = FrozenModel(

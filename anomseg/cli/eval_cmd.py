@@ -25,12 +25,13 @@ OUT_SUFFIXES = (".json", ".csv")
 CSV_FIELDS = (
     "dataset", "method", "auprc", "fpr95", "auroc", "n_images", "n_skipped", "seconds",
     "forward_seconds", "method_seconds", "metric_mode", "model", "input_size",
+    "siou", "ppv", "f1_mean", "component_threshold", "protocol",
 )  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``anomseg eval``."""
-    p.add_argument("--model", required=True, help="architecture name (see `anomseg models`)")
+    p.add_argument("--model", help="architecture name (see `anomseg models`)")
     p.add_argument("--checkpoint", help="weights file (.pth/.bin/.safetensors)")
     p.add_argument(
         "--dataset", action="append", required=True, metavar="PATH",
@@ -44,7 +45,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--input-size", default=None, metavar="HxW",
         help="resize images to HxW (e.g. 512x1024), 'native' for none; default: the model's",
     )  # fmt: skip
-    p.add_argument("--metric-mode", default="exact", choices=("exact", "streaming"))
+    p.add_argument(
+        "--metric-mode", default="exact", choices=("exact", "streaming", "smiyc"),
+        help="exact / streaming pixel metrics, or smiyc: the official evaluator's binned AP",
+    )  # fmt: skip
+    p.add_argument(
+        "--score-size", default="input", choices=("input", "label"),
+        help="input: label resized to the map (seed); label: map resized to the label (official)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scores", metavar="DIR",
+        help="evaluate score maps made elsewhere (official HDF5 layout or .npy) instead of a model",
+    )  # fmt: skip
+    p.add_argument("--name", help="with --scores: the external method's name")
+    p.add_argument(
+        "--no-record", action="store_true", help="with --scores: do not record in the store"
+    )  # fmt: skip
     p.add_argument("--out", help="write rows to a .json or .csv file (values as fractions)")
     p.add_argument(
         "--batch-size", type=parse_batch_size, default=1,
@@ -196,6 +212,10 @@ def write_rows(path: Path, rows: list[Any], header: dict[str, Any]) -> None:
     w.writeheader()
     for r in rows:
         d = r.to_dict(per_image=False)
+        d.update(d.pop("components", None) or {})
+        from anomseg.protocol import summary
+
+        d["protocol"] = summary(d.get("protocol"))
         if d.get("input_size"):
             d["input_size"] = "x".join(map(str, d["input_size"]))
         w.writerow(d)
@@ -206,21 +226,50 @@ def _pct(v: float) -> str:
     return "   n/a" if v != v else f"{100 * v:6.2f}"
 
 
+def _comp(row: Any, key: str) -> str:
+    v = (getattr(row, "components", None) or {}).get(key)
+    return "   n/a" if v is None else _pct(float(v))
+
+
 def format_table(rows: list[Any]) -> str:
     """Plain-text table: dataset x method with AuPRC / FPR95 / AUROC in percent."""
     wd = max([7] + [len(r.dataset) for r in rows])
     wm = max([6] + [len(r.method) for r in rows])
     lines = [
         f"{'dataset':<{wd}}  {'method':<{wm}}  {'AuPRC%':>6}  {'FPR95%':>6}  {'AUROC%':>6}"
-        f"  {'images':>6}  {'seconds':>7}"
+        f"  {'sIoU%':>6}  {'PPV%':>6}  {'F1%':>6}  {'images':>6}  {'seconds':>7}"
     ]
     lines.append("-" * len(lines[0]))
     for r in rows:
         lines.append(
             f"{r.dataset:<{wd}}  {r.method:<{wm}}  {_pct(r.auprc)}  {_pct(r.fpr95)}  "
-            f"{_pct(r.auroc)}  {r.n_images:>6}  {r.seconds:>7.1f}"
+            f"{_pct(r.auroc)}  {_comp(r, 'siou')}  {_comp(r, 'ppv')}  {_comp(r, 'f1_mean')}  "
+            f"{r.n_images:>6}  {r.seconds:>7.1f}"
         )
     return "\n".join(lines)
+
+
+def attach_protocol(rows: list[Any], datasets: list[Any], predictor: Any, args: Any) -> None:
+    """Fill every row's protocol card (``anomseg.protocol``): sizes, rules, hashes, version."""
+    from anomseg.components import track_for
+    from anomseg.hashing import file_sha256
+    from anomseg.protocol import card, dataset_sha256
+
+    ckpt = file_sha256(args.checkpoint) if args.checkpoint else ""
+    by_name = {d.name: d for d in datasets}
+    hashes = {d.name: dataset_sha256(d) for d in datasets}
+    for r in rows:
+        ds = by_name.get(r.dataset)
+        r.protocol = card(
+            input_size=getattr(predictor, "input_size", None),
+            score_size=getattr(args, "score_size", "input"),
+            skip_empty=not args.all_images,
+            label_remap=getattr(ds, "remap", None),
+            metric_mode=args.metric_mode,
+            track=track_for(r.dataset),
+            checkpoint_sha256=ckpt,
+            dataset_sha256=hashes.get(r.dataset, ""),
+        )
 
 
 def head_scorers(
@@ -283,6 +332,14 @@ def head_scorers(
 
 def run(args: argparse.Namespace) -> int:
     """Validate everything, build the model once, evaluate, print, write."""
+    if getattr(args, "scores", None) is not None:
+        from anomseg.cli.scores_eval import run_scores
+
+        return run_scores(args)
+    if args.model is None:
+        raise InputError("--model is required (or --scores DIR --name METHOD for external maps)")
+    if getattr(args, "name", None) is not None:
+        raise InputError("--name names external maps; expected it with --scores DIR only")
     from anomseg.data.benchmark import BenchmarkDataset
     from anomseg.evaluate import check_metric_mode, evaluate, parse_methods
     from anomseg.models.registry import create_model
@@ -330,6 +387,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         skip_without_anomaly=not args.all_images,
+        score_size=getattr(args, "score_size", "input"),
         # per-image values cost a sort per image and method; only a JSON output holds them
         per_image=out is not None and out.suffix.lower() == ".json",
     )
@@ -355,6 +413,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         if rank != 0:  # its shard is in rank 0's rows, which rank 0 prints and writes
             return 0
+    attach_protocol(rows, datasets, predictor, args)
     print(format_table(rows))
     skipped = {r.dataset: r.n_skipped for r in rows if r.n_skipped}
     for ds, n in skipped.items():

@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fail running jobs whose heartbeat is older (a killed worker)",
     )
     parser.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes an evaluate job shards its images over (metrics merged exactly)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         poll_s=args.poll,
         heartbeat_s=args.heartbeat,
         stale_after_s=args.stale_after,
+        nproc=args.nproc,
     )
     n = 0
     try:
