@@ -34,7 +34,7 @@ def numpy_mlp(head, x: np.ndarray) -> np.ndarray:
 
 
 def test_registry_and_sizes():
-    assert HEADS.names() == ["features", "stats"]
+    assert HEADS.names() == ["features", "oe", "stats"]
     s = create_head("stats")
     # 4*64+64 + 64*32+32 + 32+1, counted by hand
     assert sum(p.numel() for p in s.parameters()) == 2433

@@ -45,8 +45,12 @@ def test_road_in_bottom_centre_of_real_image(erfnet, road_anomaly21):
     img = img.resize((1024, 512), Image.BILINEAR)
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255.0
     out = erfnet.predict_batch(x)
-    assert out.keys() == {"logits"}
+    assert out.keys() == {"logits", "features"}
     assert out["logits"].shape == (1, 20, 512, 1024)
+    # the encoder's output, from which the decoder alone reproduces the logits
+    assert out["features"].shape == (1, 128, 64, 128)
+    with torch.no_grad():
+        assert torch.equal(erfnet.decoder(out["features"]), out["logits"])
     pred = out["logits"][0, : erfnet.num_classes].argmax(0)
     region = pred[400:512, 384:640]
     assert (region == 0).float().mean().item() > 0.9  # trainId 0 = road

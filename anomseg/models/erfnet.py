@@ -137,7 +137,10 @@ class ERFNet(nn.Module):
 
     @torch.no_grad()
     def predict_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """RGB in [0, 1] (B, 3, H, W) -> {"logits": (B, num_outputs, H, W)} raw outputs."""
+        """RGB in [0, 1] (B, 3, H, W) -> {"logits": (B, num_outputs, H, W)} raw outputs and
+        {"features": (B, 128, ceil(H/8), ceil(W/8))}, the encoder's output: what the
+        feature-enriched head reads, and the input a fine-tuned decoder (outlier exposure)
+        re-runs from without repeating the encoder."""
         check_rgb_batch(x, self.arch)
         h, w = x.shape[-2:]
         # three stride-2 stages: pad to a multiple of 8 so the skip concat and the 8x upsampling
@@ -145,7 +148,8 @@ class ERFNet(nn.Module):
         ph, pw = (-h) % 8, (-w) % 8
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return {"logits": self(x)[..., :h, :w].float()}
+        feats = self.encoder(x)
+        return {"logits": self.decoder(feats)[..., :h, :w].float(), "features": feats.float()}
 
 
 @register_model("erfnet", num_outputs=20, num_classes=19, input_size=(512, 1024))
