@@ -30,10 +30,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "anomseg.cli.export_cmd",
         "write score maps per image and method (official SegmentMeIfYouCan layout or .npy)",
     ),
-    "export-scores": (
-        "anomseg.cli.export_cmd",
-        "write score maps per image and method (official SegmentMeIfYouCan layout or .npy)",
-    ),
     "add-synthetic": (
         "anomseg.cli.synthetic_cmd",
         "create / fill a synthetic dataset: real backgrounds x COCO objects, stored pastes",
