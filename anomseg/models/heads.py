@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomseg.errors import CheckpointError
+from anomseg.models.outlier_exposure import OEHead
 from anomseg.registry import Registry
 
 HEAD_FORMAT = "anomseg-head/1"
@@ -149,12 +150,16 @@ class FeatureHead(nn.Module):
         return {"feat_dim": self.feat_dim, "dropout": self.dropout, "proj_dim": self.proj_dim}
 
 
-Head = StatsHead | FeatureHead
+Head = StatsHead | FeatureHead | OEHead
 
-# kind -> head class; ``create_head(kind, **config)`` builds one.
+# kind -> head class; ``create_head(kind, **config)`` builds one. A class with a
+# ``from_checkpoint(path, meta, base)`` classmethod loads itself (outlier exposure: only its tuned
+# layers are in the file, the rest comes from the base model's checkpoint).
 HEADS: Registry[type[nn.Module]] = Registry("head kind")
 HEADS.register("stats", StatsHead)
 HEADS.register("features", FeatureHead)
+HEADS.register("oe", OEHead)
+KIND_LABELS = {"stats": "stats-only", "features": "feature-enriched", "oe": "outlier-exposure"}
 
 
 def create_head(kind: str, **config: Any) -> Head:
@@ -210,7 +215,10 @@ def save_head(head: Head, path: str | os.PathLike, **meta: Any) -> str:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    # a kind may keep only part of its weights (outlier exposure: the tuned layers)
+    own = getattr(head, "saved_tensors", None)
+    state = own() if own is not None else head.state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     text = json.dumps(head_metadata(head, **meta), sort_keys=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     side = path.with_name(path.stem + ".json")
@@ -262,12 +270,17 @@ def read_head_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_head(
-    path: str | os.PathLike, kind: str | None = None, model: str | None = None
+    path: str | os.PathLike,
+    kind: str | None = None,
+    model: str | None = None,
+    base: str | os.PathLike | None = None,
 ) -> tuple[Head, dict[str, Any]]:
     """Load a head checkpoint -> (head in eval mode, metadata).
 
     ``kind`` / ``model``, when given, must match what the checkpoint was written for; a
     mismatch (e.g. a feature head loaded as a stats head) is a CheckpointError saying both.
+    ``base``: the model checkpoint an outlier-exposure file was tuned from (default: the path
+    its metadata records); other kinds ignore it.
     """
     from safetensors.torch import load_file
 
@@ -287,6 +300,9 @@ def load_head(
         raise CheckpointError(
             f"head checkpoint {path} was trained for model {meta.get('model')!r}, not {model!r}"
         )
+    loader = getattr(HEADS.get(got), "from_checkpoint", None)
+    if loader is not None:
+        return loader(path, meta, base), meta
     try:
         head = create_head(got, **dict(meta.get("config") or {}))
         state = load_file(str(path))
@@ -330,8 +346,13 @@ def head_anomaly_map(
 
 
 def head_scorer(head: Head) -> Callable[[Any], np.ndarray]:
-    """A scorer ``Prediction -> float32 (H, W)`` (sigmoid probability, higher = anomalous)."""
+    """A scorer ``Prediction -> float32 (H, W)`` (sigmoid probability, higher = anomalous; an
+    outlier-exposure head scores its own tuned output)."""
     from anomseg.scoring import uncertainty_stats
+
+    own = getattr(head, "scorer", None)
+    if own is not None:
+        return own()
 
     def score(prediction: Any) -> np.ndarray:
         stats = uncertainty_stats(prediction)
@@ -352,15 +373,21 @@ def head_spec(name: str, head: Head, label: str = "", description: str = "") -> 
     """
     from anomseg.scoring import ScorerSpec
 
-    needs = {"logits"} | ({"features"} if isinstance(head, FeatureHead) else set())
-    kind = "feature-enriched" if isinstance(head, FeatureHead) else "stats-only"
+    uses_features = isinstance(head, FeatureHead) or getattr(head, "needs_features", False)
+    needs = {"logits"} | ({"features"} if uses_features else set())
+    kind = KIND_LABELS.get(head.kind, head.kind)
+    what = (
+        f"{getattr(head, 'score', 'entropy')} of the tuned output"
+        if head.kind == "oe"
+        else "sigmoid probability"
+    )
     return ScorerSpec(
         name,
         head_scorer(head),
         (),
         label or name,
         frozenset(needs),
-        description or f"learned {kind} anomaly head (sigmoid probability)",
+        description or f"learned {kind} anomaly head ({what})",
     )
 
 
