@@ -45,7 +45,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     cfg = load_config(sub / "c.yaml")
     assert cfg.backgrounds.options["root"] == str(sub / "cs")
     assert cfg.objects.options["images"] == str(sub / "coco" / "images")
-    assert cfg.export.out == sub / "out"
+    # the output is the command's: relative to the current folder, never to the config's
+    assert cfg.export.out == Path.cwd() / "out"
     assert cfg.synthetic_ratio == 1.0 and cfg.labels == (0, 1, 255)
 
 

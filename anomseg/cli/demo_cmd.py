@@ -137,7 +137,7 @@ def _build_into_workspace(args: argparse.Namespace) -> int:
 
         def progress(frac: float, msg: str) -> None:
             bar.n = round(frac * 100)
-            bar.set_postfix_str(msg[:40])
+            bar.set_postfix_str(msg[:40], refresh=False)  # one refresh below, not two lines
             bar.refresh()
 
         info = ws.bootstrap_demo(progress, sizes, seed=args.seed)
@@ -172,7 +172,7 @@ def _run_train_models(args: argparse.Namespace) -> int:
 
         def progress(frac: float, msg: str) -> None:
             bar.n = round(frac * 100)
-            bar.set_postfix_str(msg[-50:])
+            bar.set_postfix_str(msg[-50:], refresh=False)  # one refresh below, not two lines
             bar.refresh()
 
         results = tm.train_models(progress=progress, **kwargs)

@@ -90,7 +90,7 @@ def prepare_workspace(
 
         def progress(frac: float, msg: str) -> None:
             bar.n = int(100 * frac)
-            bar.set_postfix_str(msg[:40])
+            bar.set_postfix_str(msg[:40], refresh=False)  # one refresh below, not two lines
             bar.refresh()
 
         ws.bootstrap_demo(progress=progress, sizes=DemoSizes(**DEMO_PRESETS[demo_size]))

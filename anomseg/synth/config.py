@@ -13,8 +13,10 @@ Sections (see ``anomseg/configs/synth_default.yaml`` for a commented example)::
     export:      {out: synth_out, image_format: png, jpg_quality: 95}
 
 Every invalid value raises InputError naming its key path (``placement.min_coverage``) and the
-allowed values. Relative paths (``export.out`` and source options named ``root``, ``annotations``,
-``images`` or ending in ``_dir`` / ``_path`` / ``_file``) are resolved against the config's folder.
+allowed values. Relative input paths (source options named ``root``, ``annotations``, ``images``
+or ending in ``_dir`` / ``_path`` / ``_file``) are resolved against the config's folder; a relative
+``export.out`` against the current folder, like any command's output, so that running a config
+shipped inside the package never writes into the package.
 """
 
 from __future__ import annotations
@@ -265,7 +267,7 @@ def parse_config(data: Any, base_dir: str | Path = ".") -> SynthConfig:
         raise _fail("export.out", "a folder path", out)
     out_path = Path(out).expanduser()
     export = ExportConfig(
-        out=out_path if out_path.is_absolute() else base / out_path,
+        out=out_path if out_path.is_absolute() else Path.cwd() / out_path,
         image_format=_choice(exp.get("image_format", "png"), "export.image_format", IMAGE_FORMATS),
         jpg_quality=_int(exp.get("jpg_quality", 95), "export.jpg_quality", 1, 100),
     )

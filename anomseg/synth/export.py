@@ -232,10 +232,11 @@ def export(
     from tqdm import tqdm
 
     out_dir = Path(out) if out is not None else cfg.export.out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
+    # sources first: a missing dataset is refused before any output folder exists
     if sources is None or workers > 1:
         sources = build_sources(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_dir)
     bg_source, obj_source = sources
     ids = bg_source.ids()
     if limit is not None:
