@@ -111,7 +111,7 @@ def differences(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> lis
     """'field: A vs B' for every card field that differs (code version too)."""
     a, b = a or {}, b or {}
     out = []
-    for key in [*FIELDS, *sorted(set(a) | set(b) - set(FIELDS))]:
+    for key in [*FIELDS, *sorted((set(a) | set(b)) - set(FIELDS))]:
         va, vb = a.get(key, "—"), b.get(key, "—")
         if va != vb:
             out.append(f"{key}: {_short(va)} vs {_short(vb)}")
