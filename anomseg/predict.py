@@ -33,7 +33,15 @@ from anomseg.imageio import array_sha256, pil_to_rgb, read_image, resize_image
 from anomseg.prediction import Prediction
 
 DEFAULT_CACHE_BYTES = 1 << 30
-PREDICTION_FIELDS = ("logits", "pixel_class_logits", "mask_logits", "class_logits", "features")
+PREDICTION_FIELDS = (
+    "logits",
+    "pixel_class_logits",
+    "mask_logits",
+    "class_logits",
+    "features",
+    "window_scores",
+    "window_features",
+)
 
 ImageLike = np.ndarray | Image.Image | str | os.PathLike
 Size = tuple[int, int]

@@ -18,6 +18,11 @@ Conventions (documented once, relied on everywhere):
   (scorers upsample); kept only when inference used a single window, else None.
 * ``class_logits``: (Q, C + 1) class logits of a mask model, last column = "no object".
 * ``features``: (D, h, w) patch features of the last backbone block (feature-enriched head).
+* ``window_scores`` / ``window_features``: (K, C, wh, ww) class scores and (K, D, wh/p, ww/p)
+  patch features of each of a mask model's K sliding windows (origins from
+  ``anomseg.models.eomt.window_layout(H, W, (wh, ww))``), kept only when the windows are not
+  simply the image (several windows, or a rescaled image); a head applied per window
+  (``head_geometry="window"``) reads them.
 * ``num_classes``: number of semantic classes used for mIoU (19 for Cityscapes).
 """
 
@@ -36,6 +41,8 @@ class Prediction:
     mask_logits: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    window_scores: torch.Tensor | None = None
+    window_features: torch.Tensor | None = None
     model_name: str = ""
     meta: dict = field(default_factory=dict)
 
@@ -59,6 +66,8 @@ class Prediction:
             mask_logits=mv(self.mask_logits),
             class_logits=mv(self.class_logits),
             features=mv(self.features),
+            window_scores=mv(self.window_scores),
+            window_features=mv(self.window_features),
             model_name=self.model_name,
             meta=dict(self.meta),
         )
@@ -66,7 +75,15 @@ class Prediction:
     def nbytes(self) -> int:
         """Memory held by the tensors (for the size-bounded prediction cache)."""
         total = 0
-        for t in (self.logits, self.pixel_class_logits, self.mask_logits, self.class_logits, self.features):
+        for t in (
+            self.logits,
+            self.pixel_class_logits,
+            self.mask_logits,
+            self.class_logits,
+            self.features,
+            self.window_scores,
+            self.window_features,
+        ):
             if t is not None:
                 total += t.element_size() * t.nelement()
         return total

@@ -221,6 +221,11 @@ def _stats_block(z: torch.Tensor, mask_model: bool) -> torch.Tensor:
     return torch.stack([pmax, ent, p.sum(0), 1.0 - pmax])
 
 
+def stats_of_scores(z: torch.Tensor, mask_model: bool) -> torch.Tensor:
+    """(4, H, W) head statistics of a (C, H, W) score map (e.g. one EoMT window's class scores)."""
+    return by_rows(lambda b: _stats_block(b, mask_model), _f32(z))
+
+
 def uncertainty_stats(prediction: Prediction) -> torch.Tensor:
     """(4, H, W) float32 [max prob, entropy, sum of probs, 1 - max prob] for the anomaly heads."""
     mask_model = is_mask_model(prediction)

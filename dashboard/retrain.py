@@ -11,10 +11,12 @@ from __future__ import annotations
 import gradio as gr
 
 from anomseg.errors import InputError
+from anomseg.head_geometry import STITCHED, WINDOW
 from dashboard import render
 from dashboard.compare import method_update
 from dashboard.services import Services
 from dashboard.ui import Context, guarded, progress_html
+from training.recipes import RECIPES
 from training.trainer import TrainConfig
 
 # one source of defaults: the same TrainConfig that `anomseg train` and the job worker use
@@ -28,6 +30,11 @@ ACTIVATION = [
 HEAD_KINDS = [
     ("stats-only (4 uncertainty statistics)", "stats"),
     ("feature-enriched (+ backbone features; mask models)", "features"),
+]
+RECIPE_CHOICES = [(f"{name}: {RECIPES.get(name).description}", name) for name in RECIPES.names()]
+GEOMETRY_CHOICES = [
+    ("once on the stitched maps", STITCHED),
+    ("per EoMT window, then stitched (the seed's)", WINDOW),
 ]
 
 
@@ -52,6 +59,19 @@ def build(ctx: Context) -> None:
                     value="always",
                     label="When it is trained",
                     elem_id="retrain-activate",
+                )
+            with gr.Row():
+                recipe = gr.Radio(
+                    RECIPE_CHOICES,
+                    value=DEFAULTS.recipe,
+                    label="Recipe",
+                    elem_id="retrain-recipe",
+                )
+                geometry = gr.Radio(
+                    GEOMETRY_CHOICES,
+                    value=DEFAULTS.head_geometry,
+                    label="Apply the head",
+                    elem_id="retrain-geometry",
                 )
             with gr.Row():
                 epochs = gr.Slider(
@@ -130,18 +150,23 @@ def build(ctx: Context) -> None:
         )
         return progress_html(st.progress, label), status, st.log_tail
 
+    # a recipe brings its own learning rate; the box stays editable after the switch
+    recipe.change(lambda r: RECIPES.get(r).lr, recipe, lr, api_name=False)
+
     @guarded
-    def start(m, h, e, rate, fpw, act):
+    def start(m, h, e, rate, fpw, act, rec=None, geo=None):
         if not m:
             raise InputError("no model selected")
-        job = svc.queue_retrain(m, h, int(e), float(rate), float(fpw), act)
+        job = svc.queue_retrain(
+            m, h, int(e), float(rate), float(fpw), act, recipe=rec, head_geometry=geo
+        )
         gr.Info(f"Retrain queued as job #{job}.")
         st = svc.job_state(job)
         return (job, *_job_view(st), gr.Timer(active=True))
 
     go.click(
         start,
-        [model, head, epochs, lr, fp_weight, activate],
+        [model, head, epochs, lr, fp_weight, activate, recipe, geometry],
         [job_id, bar, job_status, log, timer],
         api_name="retrain",
     )

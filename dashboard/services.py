@@ -1476,15 +1476,21 @@ class Services:
         fp_weight: float | None = None,
         activate: bool | str = True,
         extra: dict[str, Any] | None = None,
+        recipe: str | None = None,
+        head_geometry: str | None = None,
     ) -> int:
         """Validate and queue a head-training job; returns its id (no job on a bad request).
 
-        Options left at None take training.trainer.TrainConfig's defaults (as `anomseg train`).
+        Options left at None take training.trainer.TrainConfig's defaults (as `anomseg train`);
+        the learning rate and weight decay default to the recipe's.
         """
         from training.jobs import enqueue_training
         from training.trainer import TrainConfig
 
-        d = TrainConfig()
+        d = TrainConfig(
+            recipe=recipe or TrainConfig.recipe,
+            head_geometry=head_geometry or TrainConfig.head_geometry,
+        )  # validates both names before anything is queued
         epochs = d.epochs if epochs is None else epochs
         lr = d.lr if lr is None else lr
         fp_weight = d.fp_weight if fp_weight is None else fp_weight
@@ -1493,6 +1499,8 @@ class Services:
             "head": head,
             "epochs": int(epochs),
             "lr": float(lr),
+            "recipe": d.recipe,
+            "head_geometry": d.head_geometry,
             "fp_weight": float(fp_weight),
             "activate": activate,
             **(extra or {}),
@@ -1563,6 +1571,8 @@ class Services:
                     "status": h.status,
                     "active": "●" if h.active else "",
                     "parent": "" if h.parent_id is None else self._version_of(s, h.parent_id),
+                    "recipe": hp.get("recipe", "default"),  # versions before recipes: ours
+                    "geometry": hp.get("head_geometry", "stitched"),
                     "epochs": hp.get("epochs"),
                     "lr": hp.get("lr"),
                     "created": h.created.strftime("%Y-%m-%d %H:%M"),
@@ -1627,11 +1637,21 @@ class Services:
         import pandas as pd
 
         from db import catalog
+        from db import heads as dbheads
         from db import results as dbresults
 
         with self.store.read() as s:
             rows = dbresults.leaderboard(s)
             model_meta = {m.name: (m.meta or {}) for m in catalog.list_models(s)}
+            # a head row says how its head was trained and applied (recipe · geometry)
+            setups = {
+                (m.name, f"head:{h.version}"): "{} · {}".format(
+                    (h.hparams or {}).get("recipe", "default"),
+                    (h.hparams or {}).get("head_geometry", "stitched"),
+                )
+                for m in catalog.list_models(s)
+                for h in dbheads.list_head_versions(s, m.id)
+            }
         out = []
         needle = (method_filter or "").strip().lower()
         for r in rows:
@@ -1645,6 +1665,7 @@ class Services:
                 {
                     "model": r["model"],
                     "method": r["method"],
+                    "head setup": setups.get((r["model"], r["method"]), ""),
                     "dataset": r["dataset"],
                     "AuPRC": _round_pct(r.get("auprc")),
                     "FPR95": _round_pct(r.get("fpr95")),
@@ -1658,6 +1679,7 @@ class Services:
         cols = [
             "model",
             "method",
+            "head setup",
             "dataset",
             "AuPRC",
             "FPR95",

@@ -159,9 +159,11 @@ def test_leaderboard_hides_rba_results_of_the_old_definition(tmp_path):
             assert results.result_history(s, mid, "rba", dsid) == []
         with store.session() as s:
             new = results.add_eval_result(s, mid, "rba", dsid, {"auprc": 0.039}, 3)
-            assert new.params == {"scorer_revision": scoring.get_scorer("rba").revision} == {
-                "scorer_revision": 2
-            }
+            assert (
+                new.params
+                == {"scorer_revision": scoring.get_scorer("rba").revision}
+                == {"scorer_revision": 2}
+            )
             plain = results.add_eval_result(s, mid, "msp", dsid, {"auprc": 0.2}, 3)
             assert plain.params is None  # unchanged definitions carry no stamp
         with store.read() as s:

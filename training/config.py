@@ -17,8 +17,13 @@ class TrainConfig:
 
     head: str = "stats"
     epochs: int = 5
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
+    # None: the recipe's (training.recipes); an explicit value overrides it
+    lr: float | None = None
+    weight_decay: float | None = None
+    # "default" (ours) or "seed" (the seed research's optimiser, schedule, sampling and void)
+    recipe: str = "default"
+    # where the head meets EoMT's sliding windows: "stitched" maps or each "window" (heads.py)
+    head_geometry: str = "stitched"
     batch_pixels: int = 4096
     pos_weight: float = 10.0
     fp_weight: float = 2.0
@@ -34,6 +39,21 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        from anomseg.head_geometry import GEOMETRIES
+        from training.recipes import RECIPES
+
+        if self.recipe not in RECIPES:
+            raise InputError(
+                f"training recipe {self.recipe!r}; expected one of {', '.join(RECIPES.names())}"
+            )
+        if self.head_geometry not in GEOMETRIES:
+            raise InputError(
+                f"head geometry {self.head_geometry!r}; expected one of {', '.join(GEOMETRIES)}"
+            )
+        recipe = RECIPES.get(self.recipe)
+        self.lr = recipe.lr if self.lr is None else float(self.lr)
+        if self.weight_decay is None:
+            self.weight_decay = recipe.weight_decay
         checks = {
             "epochs": self.epochs >= 1,
             "lr": self.lr > 0,

@@ -29,6 +29,7 @@ from anomseg.models.heads import Head, bilinear_corners, create_head, save_head
 from anomseg.registry import Registry
 from training.config import TrainConfig  # the one source of training defaults
 from training.dataset import BalancedSampler, PixelSet
+from training.recipes import RECIPES, ImageSampler
 
 Progress = Callable[[float, str], None]
 
@@ -158,18 +159,23 @@ def _train(
     # dropout masks: own stream per rank (the init above used the shared seed)
     torch.manual_seed(config.seed * 7919 + 1 + rank)
     opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sampler = BalancedSampler(
-        pixels.target,
-        config.batch_pixels,
-        config.seed,
-        config.steps_per_epoch,
-        world,
-        flagged=pixels.flagged,
-        flag_share=config.flag_share,
-        min_steps=len(pixels.image_hashes),
-    )
+    recipe = RECIPES.get(config.recipe)
+    if recipe.sampler == "images":
+        sampler: Any = ImageSampler(pixels.image, config.seed)
+    else:
+        sampler = BalancedSampler(
+            pixels.target,
+            config.batch_pixels,
+            config.seed,
+            config.steps_per_epoch,
+            world,
+            flagged=pixels.flagged,
+            flag_share=config.flag_share,
+            min_steps=len(pixels.image_hashes),
+        )
     make = BatchMaker(pixels, device)
     total = config.epochs * sampler.steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: recipe.lr_factor(s, total))
     history: list[float] = []
     t0 = last = time.perf_counter()
     step = 0
@@ -185,6 +191,7 @@ def _train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
             running += float(loss.detach())
             count += 1
             step += 1
@@ -412,6 +419,7 @@ def train_head(
         fp_weight=config.fp_weight,
         fn_weight=config.fn_weight,
         need_features=config.head == "features",
+        void_as_normal=RECIPES.get(config.recipe).void_as_normal(config.head),
         progress=sub(0.0, 0.3),
     )
     snap = snapshot.to_dict()
@@ -447,6 +455,7 @@ def train_head(
             result = train_pixels(
                 pixels, config, progress=train_progress, should_stop=should_stop, device=device
             )
+        result.head.geometry = config.head_geometry  # saved in its metadata, used when scoring
         ckpt = (
             workspace / "heads" / _safe_name(frozen.name) / f"v{version}-{config.head}.safetensors"
         )

@@ -12,7 +12,9 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``anomseg train`` (defaults from training.config.TrainConfig, shown in --help)."""
+    from anomseg.head_geometry import GEOMETRIES
     from training.config import TrainConfig
+    from training.recipes import RECIPES
 
     d = TrainConfig()  # the one source of defaults: the Retrain tab and the worker use it too
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
@@ -27,7 +29,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--workspace", help="workspace folder (store, caches, checkpoints)")
     where.add_argument("--url", help="database URL (the workspace is then ./workspace)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="passes over the pixels")
-    parser.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    parser.add_argument(
+        "--recipe",
+        choices=RECIPES.names(),
+        default=d.recipe,
+        help="; ".join(f"{r}: {RECIPES.get(r).description}" for r in RECIPES.names()),
+    )
+    parser.add_argument(
+        "--head-geometry",
+        choices=GEOMETRIES,
+        default=d.head_geometry,
+        help="apply the head per EoMT window before stitching, or once on the stitched maps",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="AdamW learning rate; None: the recipe's"
+    )
+    parser.add_argument(
+        "--weight-decay", type=float, default=None, help="AdamW weight decay; None: the recipe's"
+    )
     parser.add_argument(
         "--batch-pixels",
         type=int,
@@ -92,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         head=args.head,
         epochs=args.epochs,
         lr=args.lr,
+        weight_decay=args.weight_decay,
+        recipe=args.recipe,
+        head_geometry=args.head_geometry,
         batch_pixels=args.batch_pixels,
         steps_per_epoch=args.steps_per_epoch,
         pos_weight=args.pos_weight,

@@ -28,6 +28,29 @@ from anomseg.errors import CheckpointError
 from anomseg.models.registry import check_rgb_batch, get_model_entry, list_models, register_model
 
 
+def window_layout(
+    h: int, w: int, window: tuple[int, int]
+) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """Scaled size (H', W') so an h x w image just covers one ``window``, and window origins.
+
+    Windows slide along the side that exceeds the window, evenly spaced from 0 to the end so
+    that they cover the image with overlap (as EoMT evaluates Cityscapes). A start is truncated,
+    not rounded, from ``j * (win - overlap / (n - 1))``, the official inference's arithmetic, so
+    the windows (and the scores) are the official ones.
+    """
+    wh, ww = window
+    s = max(wh / h, ww / w)
+    hs, ws = max(wh, round(h * s)), max(ww, round(w * s))
+
+    def starts(length: int, win: int) -> list[int]:
+        n = math.ceil(length / win)
+        overlap = n * win - length
+        step = win - (overlap / (n - 1) if overlap > 0 else 0)
+        return [int(j * step) for j in range(n)]
+
+    return (hs, ws), [(t, l) for t in starts(hs, wh) for l in starts(ws, ww)]  # noqa: E741
+
+
 class ScaleBlock(nn.Module):
     """2x upscaling: transposed conv, GELU, depthwise 3x3 conv, LayerNorm2d."""
 
@@ -167,24 +190,8 @@ class EoMT(nn.Module):
     # --- inference on any image size ---------------------------------------------------------
 
     def windows(self, h: int, w: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-        """Scaled size (H', W') so the image just covers one window, and window origins.
-
-        Windows of ``img_size`` slide along the side that exceeds it, evenly spaced from 0 to
-        the end so that they cover the image with overlap (as EoMT evaluates Cityscapes). A
-        start is truncated, not rounded, from ``j * (win - overlap / (n - 1))``, the official
-        inference's arithmetic, so the windows (and the scores) are the official ones.
-        """
-        wh, ww = self.img_size
-        s = max(wh / h, ww / w)
-        hs, ws = max(wh, round(h * s)), max(ww, round(w * s))
-
-        def starts(length: int, win: int) -> list[int]:
-            n = math.ceil(length / win)
-            overlap = n * win - length
-            step = win - (overlap / (n - 1) if overlap > 0 else 0)
-            return [int(j * step) for j in range(n)]
-
-        return (hs, ws), [(t, l) for t in starts(hs, wh) for l in starts(ws, ww)]  # noqa: E741
+        """Scaled size (H', W') so the image just covers one window, and window origins."""
+        return window_layout(h, w, self.img_size)
 
     @staticmethod
     def rescale(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -232,13 +239,18 @@ class EoMT(nn.Module):
         fh, fw = round(hs / p), round(ws / p)
         feat = feats.new_zeros(b, d, fh, fw)
         fcount = feats.new_zeros(1, 1, fh, fw)
+        # a head applied per window (head_geometry "window") needs each window's own maps when
+        # the windows are not simply the image: several of them, or a rescaled image
+        per_window = len(origins) > 1 or (hs, ws) != (h, w)
+        window_scores = []
         for k, (t, l) in enumerate(origins):  # noqa: E741
             sl = slice(k * b, (k + 1) * b)
             m = F.interpolate(mask_logits[sl], (wh, ww), mode="bilinear").sigmoid()
             cl = class_logits[sl]
-            logits[..., t : t + wh, l : l + ww] += torch.einsum(
-                "bqhw,bqc->bchw", m, cl.softmax(-1)[..., :-1]
-            )
+            scores = torch.einsum("bqhw,bqc->bchw", m, cl.softmax(-1)[..., :-1])
+            logits[..., t : t + wh, l : l + ww] += scores
+            if per_window:
+                window_scores.append(scores)
             pcl[..., t : t + wh, l : l + ww] += torch.einsum("bqhw,bqc->bchw", m, cl[..., :-1])
             count[..., t : t + wh, l : l + ww] += 1
             # features are stitched on the patch grid of the scaled image (origin rounded)
@@ -253,6 +265,9 @@ class EoMT(nn.Module):
         if len(origins) == 1:
             out["mask_logits"] = mask_logits
             out["class_logits"] = class_logits
+        if per_window:  # (B, K, C, wh, ww) and (B, K, D, wh / p, ww / p), windows in origin order
+            out["window_scores"] = torch.stack(window_scores, 1)
+            out["window_features"] = feats.reshape(len(origins), b, *feats.shape[1:]).transpose(0, 1)
         return out
 
 

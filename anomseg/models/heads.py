@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomseg.errors import CheckpointError
+from anomseg.head_geometry import STITCHED, WINDOW, check_geometry
 from anomseg.models.outlier_exposure import OEHead
 from anomseg.registry import Registry
 
@@ -199,6 +200,7 @@ def head_metadata(head: Head, **extra: Any) -> dict[str, Any]:
         "in_dim": head.in_dim,
         "feat_dim": head.feat_dim,
         "config": head.config(),
+        "head_geometry": getattr(head, "geometry", STITCHED),
     }
     meta.update(extra)
     return meta
@@ -313,6 +315,7 @@ def load_head(
         raise CheckpointError(
             f"head checkpoint {path}: weights do not match a {got!r} head ({exc})"
         ) from None
+    head.geometry = check_geometry(meta.get("head_geometry", STITCHED))
     return head.eval(), meta
 
 
@@ -345,6 +348,37 @@ def head_anomaly_map(
     return out
 
 
+@torch.no_grad()
+def head_window_map(head: Head, prediction: Any) -> torch.Tensor:
+    """(H, W) probabilities of ``head`` applied per sliding window, averaged over overlaps.
+
+    Reads ``window_scores`` / ``window_features``; the windows' origins and the rescaled canvas
+    are EoMT's own layout for the prediction's size, and the canvas is resized to (H, W) like
+    the class scores are. A prediction without per-window maps (one window covering the image
+    as it is) gives the stitched map, which is then the same thing.
+    """
+    from anomseg.models.eomt import window_layout
+    from anomseg.scoring import stats_of_scores, uncertainty_stats
+
+    scores, feats = prediction.window_scores, prediction.window_features
+    if scores is None:
+        return head_anomaly_map(head, uncertainty_stats(prediction), prediction.features)
+    H, W = prediction.size
+    wh, ww = scores.shape[-2:]
+    (hs, ws), origins = window_layout(H, W, (wh, ww))
+    total = torch.zeros(hs, ws, dtype=torch.float32, device=scores.device)
+    count = torch.zeros_like(total)
+    for k, (t, l) in enumerate(origins):  # noqa: E741
+        stats = stats_of_scores(scores[k], mask_model=True)
+        f = None if feats is None else feats[k]
+        total[t : t + wh, l : l + ww] += head_anomaly_map(head, stats, f)
+        count[t : t + wh, l : l + ww] += 1
+    amap = total / count
+    if (hs, ws) != (H, W):
+        amap = F.interpolate(amap[None, None], (H, W), mode="bilinear")[0, 0]
+    return amap
+
+
 def head_scorer(head: Head) -> Callable[[Any], np.ndarray]:
     """A scorer ``Prediction -> float32 (H, W)`` (sigmoid probability, higher = anomalous; an
     outlier-exposure head scores its own tuned output)."""
@@ -354,11 +388,16 @@ def head_scorer(head: Head) -> Callable[[Any], np.ndarray]:
     if own is not None:
         return own()
 
+    window = getattr(head, "geometry", STITCHED) == WINDOW
+
     def score(prediction: Any) -> np.ndarray:
-        stats = uncertainty_stats(prediction)
-        if next(head.parameters()).device != stats.device:
-            head.to(stats.device)
-        amap = head_anomaly_map(head, stats, prediction.features)
+        device = prediction.logits.device
+        if next(head.parameters()).device != device:
+            head.to(device)
+        if window:
+            amap = head_window_map(head, prediction)
+        else:
+            amap = head_anomaly_map(head, uncertainty_stats(prediction), prediction.features)
         return amap.cpu().numpy().astype(np.float32, copy=False)
 
     score.__name__ = f"head_{head.kind}"
