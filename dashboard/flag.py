@@ -8,6 +8,8 @@ before it is stored (``db.flags``).
 
 from __future__ import annotations
 
+import uuid
+
 import gradio as gr
 import pandas as pd
 
@@ -15,6 +17,12 @@ from anomseg.errors import InputError
 from dashboard.compare import params_dict
 from dashboard.services import FLAG_KIND_LABELS, Services
 from dashboard.ui import Context, guarded, user_of
+
+
+def new_token() -> str:
+    """A fresh client token for one flag save (stored as the flag's uid)."""
+    return uuid.uuid4().hex
+
 
 EMPTY_FLAGS = pd.DataFrame(
     columns=["id", "image", "kind", "method", "model", "area px", "author", "note", "created"]
@@ -74,6 +82,9 @@ def build(ctx: Context) -> None:
                 )
                 save_btn = gr.Button("Save flag", variant="primary", scale=1, elem_id="flag-save")
             status = gr.Markdown(elem_id="flag-status")
+            # the client's id of the next save: a retry of a save whose answer was lost sends
+            # the same token and stores nothing twice; each stored save hands out a new one
+            token = gr.Textbox(value=new_token, visible=False, elem_id="flag-token")
             with gr.Accordion("Corrupt rows (quarantine)", open=False):
                 quarantine = gr.Markdown(elem_id="flag-quarantine")
                 check_btn = gr.Button("Check the store for corrupt rows", elem_id="flag-check")
@@ -130,13 +141,21 @@ def build(ctx: Context) -> None:
     image_id.change(refresh, image_id, [overlay, flags], api_name=False)
 
     @guarded
-    def save(m, img, name, k, value, text, *pvals, request: gr.Request = None):
+    def save(m, img, name, k, value, text, tok, *pvals, request: gr.Request = None):
         if not img or int(img) <= 0:
             raise InputError("no image open: pick or upload one in the Compare tab first")
         if not name:
             raise InputError("pick the method whose map you flagged")
         fid = svc.save_flag(
-            m, int(img), name, params_dict(params, pvals), k, value, text or "", user_of(request)
+            m,
+            int(img),
+            name,
+            params_dict(params, pvals),
+            k,
+            value,
+            text or "",
+            user_of(request),
+            token=tok or None,
         )
         gr.Info(f"Flag #{fid} saved ({k}).")
         ov, df = svc.flags_overlay(int(img)), svc.flags_frame(int(img))
@@ -147,13 +166,14 @@ def build(ctx: Context) -> None:
             df,
             svc.flag_canvas(m, int(img), name, params_dict(params, pvals)),
             "",
+            new_token(),
         )
 
     ctx.then_refresh_header(
         save_btn.click(
             save,
-            [model, image_id, method, kind, editor, note, *sliders],
-            [status, overlay, flags, editor, note],
+            [model, image_id, method, kind, editor, note, token, *sliders],
+            [status, overlay, flags, editor, note, token],
             api_name="save_flag",
             concurrency_limit=8,
         )
