@@ -26,7 +26,7 @@ import numpy as np
 
 from anomseg.cache import LRU
 from anomseg.errors import AnomsegError, InputError
-from dashboard import render
+from dashboard import flag_layers, render
 
 DEFAULT_MAP_CACHE_BYTES = 384 << 20
 GRID_MAX_SIDE = 640  # panels in the side-by-side grid; the full-size view uses the scoring size
@@ -234,11 +234,15 @@ def threshold_at_tpr(pos_scores: np.ndarray, tpr: float = TPR_TARGET) -> float:
     return float(np.partition(pos, pos.size - k)[pos.size - k])
 
 
-def editor_mask(editor_value: Any, min_alpha: int = ALPHA_THRESHOLD) -> np.ndarray:
+def editor_mask(
+    editor_value: Any, min_alpha: int = ALPHA_THRESHOLD, frame_hw: tuple[int, int] | None = None
+) -> np.ndarray:
     """Boolean mask of what was painted in a gr.ImageEditor value (layers' alpha >= min_alpha).
 
     The brush is antialiased, so its rim has partial alpha; thresholding at half coverage gives
-    the region the user sees. Works on the layers only, never the background.
+    the region the user sees. Works on the layers only, never the background. With ``frame_hw``
+    (the (H, W) of the frame the editor was given) every layer must have exactly that size: a
+    layer of another size would be stretched over the whole image, or cost memory for nothing.
     """
     if not isinstance(editor_value, dict):
         raise InputError("nothing painted: load a map into the editor and paint a region first")
@@ -246,8 +250,15 @@ def editor_mask(editor_value: Any, min_alpha: int = ALPHA_THRESHOLD) -> np.ndarr
     if not layers:
         raise InputError("the flag is empty: paint the region on the map before saving")
     mask = None
-    for layer in layers:
+    for n, layer in enumerate(layers, 1):
         arr = np.asarray(layer)
+        if frame_hw is not None and tuple(arr.shape[:2]) != tuple(frame_hw):
+            which = f"layer {n}" if len(layers) > 1 else "layer"
+            raise InputError(
+                f"the painted {which} is {arr.shape[1] if arr.ndim > 1 else '?'}x{arr.shape[0]} "
+                f"(WxH) but the map in the editor is {frame_hw[1]}x{frame_hw[0]}; expected "
+                f"{frame_hw[1]}x{frame_hw[0]}: load the map into the editor again and repaint"
+            )
         if arr.ndim == 3 and arr.shape[2] == 4:
             m = arr[..., 3] >= min_alpha
         elif arr.ndim == 3:
@@ -300,6 +311,12 @@ class Services:
         self.heads = LRU(max_items=16)
         self.thresholds = LRU(max_items=256)
         self.renders = LRU(max_items=16)
+        # decoded flag crops (a flag's box, bool): bounded in bytes, a whole-frame flag is 2 MB
+        self.crops = LRU(
+            max_items=1 << 14,
+            max_bytes=64 << 20,
+            sizeof=lambda c: int(getattr(getattr(c, "crop", None), "nbytes", 0)) + 128,
+        )
         self._model_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.forward_count = 0
@@ -955,21 +972,44 @@ class Services:
             render.resize_map(amap, (h, w)),
             render.PanelStyle(opacity=opacity, vmin=vmin, vmax=vmax, show_gt=False),
         )
-        existing = [(FLAG_KIND_SHORT[f["kind"]], f["mask"]) for f in self._flag_masks(image_id)]
-        if existing:
-            bg = render.flag_overlay(bg, existing, alpha=0.25)
+        layers = flag_layers.kind_layers(self._flag_crops(image_id), view.full_size, (h, w))
+        if layers:
+            bg = flag_layers.draw_layers(bg, layers, alpha=0.25)
         return {"background": bg, "layers": [], "composite": None}
 
-    def _flag_masks(self, image_id: int) -> list[dict[str, Any]]:
+    def _flag_crops(self, image_id: int) -> list[tuple[str, Any]]:
+        """(short kind, MaskCrop) of the image's flags; quarantined rows are left out, so one
+        bad blob never hides the rest."""
         from db import flags as dbflags
-        from db.integrity import flag_problem
 
+        out = []
         with self.store.read() as s:
-            return [  # quarantined rows are left out: one bad blob must not hide the rest
-                {"id": f.id, "kind": f.kind, "mask": f.decoded_mask()}
-                for f in dbflags.list_flags(s, image_id=int(image_id))
-                if flag_problem(f) is None
-            ]
+            for f in dbflags.list_flags(s, image_id=int(image_id)):
+                crop = self._decoded_crop(f)
+                if crop is not None:
+                    out.append((FLAG_KIND_SHORT[f.kind], crop))
+        return out
+
+    def _flag_problem(self, flag: Any, check: Callable[[Any], str | None]) -> str | None:
+        # the memoised decode answers the common case (a good blob) without decoding again
+        same_size = (flag.width, flag.height) == (flag.image.width, flag.image.height)
+        return None if same_size and self._decoded_crop(flag) is not None else check(flag)
+
+    def _decoded_crop(self, flag: Any) -> Any:
+        """A flag's MaskCrop (None when its blob is corrupt), memoised by the blob's digest so
+        a save does not decode every flag already on the image again."""
+        from db.masks import decode_crop
+
+        blob = bytes(flag.mask)
+        key = ("flag-crop", hashlib.blake2b(blob, digest_size=16).digest(), flag.width, flag.height)
+        hit = self.crops.get(key)
+        if hit is None:
+            try:
+                hit = decode_crop(blob, expect_size=(flag.width, flag.height))
+            except InputError:
+                hit = False
+            self.crops.put(key, hit)
+        return hit or None
 
     def quarantine_markdown(self) -> str:
         """The store's corrupt rows (``db.integrity``) with id and reason, for the Flag tab."""
@@ -1002,22 +1042,34 @@ class Services:
         editor_value: Any,
         note: str = "",
         author: str = "",
+        token: str | None = None,
     ) -> int:
-        """Store what was painted as a flag on the full-size image; returns the flag id."""
+        """Store what was painted as a flag on the full-size image; returns the flag id.
+
+        ``token`` is the client's id of this save (stored as the flag's uid): a retry of a save
+        whose answer was lost stores nothing new and answers the same flag id.
+        """
+        from sqlalchemy.exc import IntegrityError
+
         from db import catalog
         from db import flags as dbflags
-        from db.models import Image
+        from db.models import Image, check_uid
 
         kind = FLAG_KIND_LABELS.get(kind, kind)
         if kind not in FLAG_KIND_SHORT:
             raise InputError(f"flag kind {kind!r}; expected one of {', '.join(FLAG_KIND_LABELS)}")
-        painted = editor_mask(editor_value)
+        if token is not None:
+            check_uid(token, "flag save token")
         with self.store.read() as s:
             img = s.get(Image, int(image_id))
             if img is None:
                 raise InputError(f"image id {image_id} is not registered (deleted?)")
             full = (int(img.height), int(img.width))
             model_id = catalog.get_model(s, model).id
+        if token is not None and (done := self._saved_flag(token, int(image_id))) is not None:
+            return done
+        frame, _ = render.fit_size(full, PAINT_MAX_SIDE)  # what flag_canvas gave the editor
+        painted = editor_mask(editor_value, frame_hw=frame)
         mask = mask_to_full_size(painted, full)
         spec = self.method_spec(name, params)
 
@@ -1031,10 +1083,35 @@ class Services:
                 mask,
                 author=author or "anonymous",
                 note=note or "",
+                uid=token,
             )
             return int(f.id)
 
-        return self.store.transact(write)
+        try:
+            return self.store.transact(write)
+        except IntegrityError:
+            # a concurrent retry of the same save stored it first
+            done = self._saved_flag(token, int(image_id)) if token is not None else None
+            if done is None:
+                raise
+            return done
+
+    def _saved_flag(self, token: str, image_id: int) -> int | None:
+        """The id of the flag a save with ``token`` stored, if any (on this image only)."""
+        from sqlalchemy import select
+
+        from db.models import Flag
+
+        with self.store.read() as s:
+            row = s.execute(select(Flag.id, Flag.image_id).where(Flag.uid == token)).first()
+        if row is None:
+            return None
+        if row.image_id != image_id:
+            raise InputError(
+                f"flag save token {token!r} was already saved on image #{row.image_id}; "
+                "a new save needs a new token (reload the page)"
+            )
+        return int(row.id)
 
     def flags_frame(self, image_id: int | None = None, model: str | None = None):
         """Flags (of one image, or all) as a data frame, newest first."""
@@ -1057,7 +1134,9 @@ class Services:
                     "author": f.author,
                     # a corrupt row stays listed (so it can be selected and deleted), marked
                     "note": (
-                        f"⚠ quarantined: {why} - delete it" if (why := flag_problem(f)) else f.note
+                        f"⚠ quarantined: {why} - delete it"
+                        if (why := self._flag_problem(f, flag_problem))
+                        else f.note
                     ),
                     "created": f.created.strftime("%Y-%m-%d %H:%M:%S"),
                 }
@@ -1077,8 +1156,8 @@ class Services:
         rgb = read_image(path)
         (h, w), _ = render.fit_size(rgb.shape[:2], max_side)
         small = render.resize_rgb(rgb, (h, w))
-        masks = [(FLAG_KIND_SHORT[f["kind"]], f["mask"]) for f in self._flag_masks(image_id)]
-        return render.flag_overlay(small, masks)
+        layers = flag_layers.kind_layers(self._flag_crops(image_id), rgb.shape[:2], (h, w))
+        return flag_layers.draw_layers(small, layers)
 
     def update_flag(self, flag_id: int, note: str | None = None, kind: str | None = None) -> None:
         """Edit a flag's note (and/or kind)."""
