@@ -91,7 +91,8 @@ def prepare_workspace(
         def progress(frac: float, msg: str) -> None:
             bar.n = int(100 * frac)
             bar.set_postfix_str(msg[:40], refresh=False)  # one refresh below, not two lines
-            bar.refresh()
+            if frac < 1.0:  # the last state is written once, by close()
+                bar.refresh()
 
         ws.bootstrap_demo(progress=progress, sizes=DemoSizes(**DEMO_PRESETS[demo_size]))
         bar.close()
