@@ -142,9 +142,9 @@ def test_eval_nproc2_equals_one_process_json(road_anomaly21, erfnet_checkpoint, 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_worker_nproc_evaluate_job_equals_one_process(road_anomaly21, erfnet_checkpoint, tmp_path):
-    import dashboard.jobs  # noqa: F401  (registers the evaluate job kind)
     from sqlalchemy import func, select
 
+    import dashboard.jobs  # noqa: F401  (registers the evaluate job kind)
     from db import catalog
     from db.jobs import enqueue_job, get_job
     from db.models import EvalResult
