@@ -170,6 +170,11 @@ def build(ctx: Context) -> None:
                 interactive=False,
                 elem_id="compare-full",
             )
+            from dashboard import components_view
+
+            components_view.build(
+                ctx, model, image_id, [c.name for c in svc.method_choices(model0)] if model0 else []
+            )
 
     style_inputs = [opacity, thr_mode, thr, shared, show_gt, cmap, dataset]
 

@@ -92,7 +92,8 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
     try:
         predictor = ws.predictor(model)
         with ctx.store.read() as s:
-            model_id = catalog.get_model(s, model).id
+            model_row = catalog.get_model(s, model)
+            model_id, model_sha = model_row.id, model_row.checkpoint_sha256 or ""
             wanted = ctx.params.get("datasets")
             sets = [
                 (d.id, d.name, d.root, d.label_remap)
@@ -122,6 +123,9 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
             )
             if not len(ds):
                 continue
+            from anomseg.protocol import dataset_sha256
+
+            data_sha = dataset_sha256(ds)
             # methods this model cannot feed (rba on a pixel model) are left out, not failed;
             # the probe is the first image's forward, which the evaluation reuses from the cache
             probe = predictor.predict(ds[0][0])
@@ -151,7 +155,8 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
                     "model_id": model_id,
                     "method": r.method,
                     "dataset_id": ds_id,
-                    "metrics": {"auprc": r.auprc, "fpr95": r.fpr95, "auroc": r.auroc},
+                    "metrics": r.metrics,  # pixel and component (sIoU / PPV / F1) values
+                    "params": {"protocol": protocol_for(r, ds, predictor, model_sha, data_sha)},
                     "n_images": r.n_images,
                     "per_image": r.per_image,
                     "seconds": r.seconds,
@@ -188,6 +193,23 @@ def _eval_rank_setup(
     return Predictor(net, device=device), extra
 
 
+def protocol_for(row: Any, ds: Any, predictor: Any, model_sha: str, data_sha: str) -> dict:
+    """The protocol card of a row this job evaluated (``anomseg.protocol``)."""
+    from anomseg.components import track_for
+    from anomseg.protocol import card
+
+    return card(
+        input_size=getattr(predictor, "input_size", None),
+        score_size="input",
+        skip_empty=True,
+        label_remap=ds.remap,
+        metric_mode=row.metric_mode,
+        track=track_for(row.dataset),
+        checkpoint_sha256=model_sha,
+        dataset_sha256=data_sha,
+    )
+
+
 def _add_result(s: Any, row: dict[str, Any]) -> None:
     from db import results
 
@@ -200,4 +222,5 @@ def _add_result(s: Any, row: dict[str, Any]) -> None:
         row["n_images"],
         per_image=row["per_image"],
         seconds=row["seconds"],
+        params=row.get("params"),
     )

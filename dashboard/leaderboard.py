@@ -13,7 +13,9 @@ from dashboard import render
 from dashboard.services import Services
 from dashboard.ui import Context, guarded, progress_html
 
-METRICS = ["AuPRC", "FPR95", "AUROC"]
+METRICS = ["AuPRC", "FPR95", "AUROC", "sIoU", "PPV", "F1"]
+# drill-down order: per-image key stored with the result -> label
+WORST_BY = {"AuPRC": "auprc", "sIoU": "siou", "F1": "f1_mean"}
 
 
 def build(ctx: Context) -> None:
@@ -52,7 +54,10 @@ def build(ctx: Context) -> None:
     with gr.Row():
         bars = gr.Plot(label="By method", elem_id="lb-bars")
         curves = gr.Plot(label="Precision-recall", elem_id="lb-curves")
-    selected = gr.Markdown("Click a row to see its worst images.", elem_id="lb-selected")
+    with gr.Row():
+        selected = gr.Markdown("Click a row to see its worst images.", elem_id="lb-selected")
+        worst_by = gr.Radio(list(WORST_BY), value="AuPRC", label="Worst images by",
+                            elem_id="lb-worst-by")  # fmt: skip
     worst = gr.Gallery(
         label="Worst images of the selected row (click one to open it in Compare)",
         columns=6,
@@ -122,16 +127,17 @@ def build(ctx: Context) -> None:
     )
 
     @guarded
-    def pick(df, evt: gr.SelectData, progress=gr.Progress()):
+    def pick(df, by, evt: gr.SelectData, progress=gr.Progress()):
         if evt is None or evt.index is None or df is None or len(df) == 0:
             return gr.update(), gr.update(), [], [], {}
         row_i = evt.index[0] if isinstance(evt.index, list | tuple) else int(evt.index)
         row = df.iloc[int(row_i)].to_dict()
-        worst_rows = svc.worst_images(int(row["result"]), k=8)
+        by = by if by in WORST_BY else "AuPRC"
+        worst_rows = svc.worst_images(int(row["result"]), k=8, key=WORST_BY[by])
         items = []
         for image_id, name, au in worst_rows:
             try:
-                items.append((str(svc.thumbnail(image_id)), f"{name} · AuPRC {100 * au:.1f}"))
+                items.append((str(svc.thumbnail(image_id)), f"{name} · {by} {100 * au:.1f}"))
             except Exception:  # an unreadable file: leave it out of the strip
                 continue
         ds_id = svc.dataset_id(row["dataset"])
@@ -150,11 +156,20 @@ def build(ctx: Context) -> None:
         )
         md = (
             f"**{row['model']} · {row['method']} · {row['dataset']}**: AuPRC {row['AuPRC']} · "
-            f"FPR95 {row['FPR95']} · AUROC {row['AUROC']} — worst images below"
+            f"FPR95 {row['FPR95']} · AUROC {row['AUROC']} · sIoU {row.get('sIoU')} · PPV "
+            f"{row.get('PPV')} · F1 {row.get('F1')} — worst images by {by} below"
         )
+        if row.get("protocol"):
+            md += f"\n\nProtocol: {row['protocol']}"
+        same = df[(df["dataset"] == row["dataset"]) & (df["result"] != row["result"])]
+        diffs = svc.protocol_differences(int(row["result"]), [int(r) for r in same["result"]][:12])
+        if diffs:
+            md += "\n\n**These rows differ in protocol:**\n" + "\n".join(f"- {d}" for d in diffs)
         return md, fig, items, [i for i, _n, _a in worst_rows[: len(items)]], row
 
-    table.select(pick, table, [selected, curves, worst, worst_ids, sel_row], api_name=False)
+    table.select(
+        pick, [table, worst_by], [selected, curves, worst, worst_ids, sel_row], api_name=False
+    )
 
     tabs = ctx.tabs
     cmp_model, cmp_dataset, cmp_image = (

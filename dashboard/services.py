@@ -1749,8 +1749,12 @@ class Services:
                     "AuPRC": _round_pct(r.get("auprc")),
                     "FPR95": _round_pct(r.get("fpr95")),
                     "AUROC": _round_pct(r.get("auroc")),
+                    "sIoU": _round_pct(r.get("siou")),
+                    "PPV": _round_pct(r.get("ppv")),
+                    "F1": _round_pct(r.get("f1_mean")),
                     "mIoU": _round_pct(_miou(r, model_meta.get(r["model"], {}))),
                     "images": r.get("n_images"),
+                    "protocol": _protocol_summary(r.get("protocol")),
                     "updated": r["created"].strftime("%Y-%m-%d %H:%M") if r.get("created") else "",
                     "result": r["result_id"],
                 }
@@ -1763,8 +1767,12 @@ class Services:
             "AuPRC",
             "FPR95",
             "AUROC",
+            "sIoU",
+            "PPV",
+            "F1",
             "mIoU",
             "images",
+            "protocol",
             "updated",
             "result",
         ]
@@ -1773,8 +1781,11 @@ class Services:
             df = df.sort_values(["dataset", "AuPRC"], ascending=[True, False], na_position="last")
         return df.reset_index(drop=True)
 
-    def worst_images(self, result_id: int, k: int = 8) -> list[tuple[int, str, float | None]]:
-        """(image id, name, per-image AuPRC) of a result's k worst images, worst first.
+    def worst_images(
+        self, result_id: int, k: int = 8, key: str = "auprc"
+    ) -> list[tuple[int, str, float | None]]:
+        """(image id, name, per-image ``key``) of a result's k worst images, worst first
+        (``key``: auprc, or siou / ppv / f1_mean for the component metrics).
 
         Uses the per-image figures stored with the result; a result stored without them (e.g. a
         head evaluated by the trainer) is scored here from the cached maps instead.
@@ -1792,7 +1803,7 @@ class Services:
             imgs = s.execute(
                 select(Image.id, Image.path).where(Image.dataset_id == res.dataset_id)
             ).all()
-        if not per:
+        if not per and key == "auprc":
             return self._worst_live(model, method, dataset_id, k)
         by_stem = {Path(p).stem: int(i) for i, p in imgs}
         by_name = {Path(p).name: int(i) for i, p in imgs}
@@ -1800,12 +1811,60 @@ class Services:
         for row in per:
             name = str(row.get("name", ""))
             image_id = by_name.get(name) or by_stem.get(Path(name).stem)
-            au = _finite(row.get("auprc"))
+            au = _finite(row.get(key))
             if image_id is None or au is None:
                 continue
             scored.append((image_id, name, au))
         scored.sort(key=lambda t: t[2])
         return scored[:k]
+
+    def protocol_differences(self, result_id: int, others: Sequence[int]) -> list[str]:
+        """'these rows differ in protocol' lines: for each other result whose protocol card
+        differs from this one's, its model / method and the differing fields."""
+        from anomseg.protocol import differences
+        from db.models import EvalResult
+
+        with self.store.read() as s:
+            res = s.get(EvalResult, int(result_id))
+            if res is None:
+                raise InputError(f"evaluation result id {result_id} does not exist")
+            mine = (res.params or {}).get("protocol")
+            lines = []
+            for oid in others:
+                o = s.get(EvalResult, int(oid))
+                if o is None or o.id == res.id:
+                    continue
+                diff = differences(mine, (o.params or {}).get("protocol"))
+                if diff:
+                    lines.append(f"{o.model.name} · {o.method}: " + "; ".join(diff))
+        return lines
+
+    def component_view(
+        self, model: str, image_id: int, name: str, quantile: float = 0.95, siou_t: float = 0.5
+    ) -> tuple[np.ndarray, list[dict[str, Any]], str]:
+        """Compare's component panel: (overlay, one row per component, summary) of one method's
+        map thresholded at its ``quantile`` (``anomseg.components``, official size filters)."""
+        from anomseg import scoring
+        from anomseg.components import SIZE_FILTERS, image_components, track_for
+        from dashboard import components_view
+
+        view = self.load_view(model, image_id)
+        if view.gt_score is None:
+            raise InputError(f"image #{image_id} has no ground truth; components need one")
+        sname, params = scoring.parse_method(name)
+        _spec, amap = self.score_maps(model, view, [sname], {sname: params})[sname]
+        if scoring.get_scorer(sname).inverted:
+            amap = -amap
+        q = min(max(float(quantile), 0.0), 1.0)
+        thr = float(np.quantile(amap, q))
+        min_pred, min_gt = SIZE_FILTERS[track_for(view.dataset)]
+        scale = amap.size / float(view.full_size[0] * view.full_size[1])
+        comp = image_components(amap, view.gt_score, thr, min_pred * scale, min_gt * scale)
+        return (
+            components_view.overlay(view.rgb, comp, siou_t),
+            components_view.table(comp, siou_t),
+            components_view.summary(comp, thr, siou_t),
+        )
 
     def _worst_live(
         self, model: str, spec: str, dataset_id: int, k: int, max_images: int = 60
@@ -1896,6 +1955,12 @@ class Services:
             ]
         df = pd.DataFrame(rows, columns=["version", "dataset", "AuPRC", "FPR95"])
         return df.sort_values(["dataset", "version"]).reset_index(drop=True)
+
+
+def _protocol_summary(card: Any) -> str:
+    from anomseg.protocol import summary
+
+    return summary(card) if isinstance(card, dict) else ""
 
 
 def _round_pct(v: Any) -> float | None:

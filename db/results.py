@@ -116,6 +116,7 @@ def leaderboard(
             "n_images": res.n_images,
             "code_version": res.code_version,
             "seconds": res.seconds,
+            "protocol": (res.params or {}).get("protocol"),  # anomseg.protocol card, if any
             "created": res.created,
         }
         for k, v in (res.metrics or {}).items():

@@ -1,0 +1,79 @@
+"""Dashboard side of the component metrics: Leaderboard columns and protocol cards, worst images
+by sIoU, 'these rows differ in protocol', and Compare's threshold view (checked against
+``anomseg.components`` on the same map)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_dashboard_services import MiniWorkspace, svc, ws  # noqa: F401  (module fixtures)
+
+
+@pytest.fixture(scope="module")
+def two_results(ws):  # noqa: F811
+    from anomseg.protocol import card
+    from db import catalog
+    from db import results as dbresults
+
+    base = dict(score_size="input", skip_empty=True, label_remap=None, metric_mode="exact",
+                track="anomaly", checkpoint_sha256="c" * 64, dataset_sha256="d" * 64)  # fmt: skip
+    ours = card(input_size=(64, 128), **base)
+    theirs = card(input_size="native", **{**base, "skip_empty": False})
+    per = [{"name": f"img{i}", "auprc": a, "siou": s}
+           for i, (a, s) in enumerate(((0.5, 0.7), (0.1, 0.9), (0.9, 0.05)))]  # fmt: skip
+
+    def add(s):
+        m = catalog.get_model(s, "tiny-erfnet")
+        a = dbresults.add_eval_result(
+            s, m.id, "entropy", ws.eval_id,
+            {"auprc": 0.3, "fpr95": 0.5, "auroc": 0.7, "siou": 0.25, "ppv": 0.4, "f1_mean": 0.1},
+            3, per_image=per, params={"protocol": ours},
+        )  # fmt: skip
+        b = dbresults.add_eval_result(
+            s, m.id, "energy", ws.eval_id, {"auprc": 0.2, "siou": 0.5}, 3,
+            params={"protocol": theirs},
+        )  # fmt: skip
+        return a.id, b.id
+
+    return ws.store.transact(add)
+
+
+def test_leaderboard_has_component_columns_and_protocol(svc, two_results):  # noqa: F811
+    df = svc.leaderboard_frame()
+    for col in ("sIoU", "PPV", "F1", "protocol"):
+        assert col in df.columns
+    row = df[df["method"] == "entropy"].iloc[0]
+    assert (row["sIoU"], row["PPV"], row["F1"]) == (25.0, 40.0, 10.0)
+    assert row["protocol"].startswith("64x128 · score@input · skip-empty")
+    assert df[df["method"] == "msp"].iloc[0]["protocol"] == ""  # stored without a card
+
+
+def test_worst_images_by_siou(svc, ws, two_results):  # noqa: F811
+    a, _b = two_results
+    assert [n for _i, n, _v in svc.worst_images(a, k=3, key="siou")] == ["img2", "img0", "img1"]
+    assert [n for _i, n, _v in svc.worst_images(a, k=3)] == ["img1", "img0", "img2"]
+
+
+def test_rows_that_differ_in_protocol_are_named(svc, two_results):  # noqa: F811
+    a, b = two_results
+    (line,) = svc.protocol_differences(a, [a, b])
+    assert line.startswith("tiny-erfnet · energy: input_size: 64x128 vs native")
+    assert "skip_empty: True vs False" in line and "checkpoint" not in line
+
+
+def test_compare_component_view_matches_the_metric(svc, ws):  # noqa: F811
+    from anomseg.components import image_components
+
+    image_id = svc.image_names(ws.eval_id)[0][1]
+    rgb, rows, md = svc.component_view("tiny-erfnet", image_id, "msp", quantile=0.9)
+    view = svc.load_view("tiny-erfnet", image_id)
+    assert rgb.shape == view.rgb.shape and rgb.dtype == np.uint8
+    _spec, amap = svc.score_maps("tiny-erfnet", view, ["msp"])["msp"]
+    thr = float(np.quantile(amap, 0.9))
+    scale = amap.size / float(view.full_size[0] * view.full_size[1])
+    comp = image_components(amap, view.gt_score, thr, 500 * scale, 100 * scale)
+    assert len([r for r in rows if r["component"].startswith("GT")]) == len(comp.siou_gt)
+    assert len([r for r in rows if r["component"].startswith("pred")]) == len(comp.pred_ids)
+    found = sum(r["counts as"] == "found" for r in rows)
+    assert found == int((comp.siou_gt >= 0.5).sum())
+    assert f"{found} of {len(comp.siou_gt)} ground-truth components found" in md
