@@ -185,8 +185,8 @@ class DatasetEval:
 
     Mergeable: the states of disjoint image shards ``merge`` into the state one process would
     reach over all images — metric states add (exact mode: the same pixel pools, so the same
-    numbers to the last bit), counts and seconds add, per-image entries go back in dataset
-    order by image index. Picklable, so ranks can ship it (``anomseg.distributed``).
+    numbers), counts and seconds add, per-image entries go back in dataset order by image
+    index. Picklable, so ranks can ship it (``anomseg.distributed``).
     """
 
     def __init__(
