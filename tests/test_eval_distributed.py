@@ -180,3 +180,26 @@ def test_worker_nproc_evaluate_job_equals_one_process(road_anomaly21, erfnet_che
         assert_same(found[1], found[2])
     finally:
         ws.close()
+
+
+def test_prefetch_thread_hands_over_the_readers_error_and_stops_early():
+    import threading
+
+    from anomseg.errors import InputError
+    from anomseg.predict import prefetched
+
+    def reader():
+        yield 1
+        yield 2
+        raise InputError("image x.png: not a PNG; expected an image file")
+
+    it = prefetched(reader())
+    assert next(it) == 1 and next(it) == 2
+    with pytest.raises(InputError, match="x.png"):
+        next(it)
+    # a consumer that stops early (an error in scoring, a cancelled job) leaves no thread behind
+    before = threading.active_count()
+    it = prefetched(iter(range(10_000)), depth=2)
+    assert next(it) == 0
+    it.close()
+    assert threading.active_count() == before
