@@ -9,6 +9,7 @@ shows up everywhere without a reload.
 from __future__ import annotations
 
 import gradio as gr
+import pandas as pd
 
 from anomseg.errors import InputError
 from anomseg.head_geometry import STITCHED, WINDOW
@@ -21,10 +22,16 @@ from training.trainer import TrainConfig
 
 # one source of defaults: the same TrainConfig that `anomseg train` and the job worker use
 DEFAULTS = TrainConfig()
+LOG_LINES = 10
+# the history's columns before any version exists (not gradio's placeholder "1 2 3")
+EMPTY_HISTORY = pd.DataFrame(
+    columns=["version", "kind", "status", "active", "parent", "epochs", "lr", "created"]
+)
 
 ACTIVATION = [
     ("activate the new version", "always"),
-    ("activate it if its mean AuPRC improves", "auprc_improves"),
+    ("activate it if its mean AuPRC improves and its mean FPR95 is no worse",
+     "auprc_and_fpr95_improve"),  # fmt: skip
     ("keep the current head active", "never"),
 ]
 HEAD_KINDS = [
@@ -100,16 +107,16 @@ def build(ctx: Context) -> None:
             bar = gr.HTML(progress_html(0.0, "no job yet"), elem_id="retrain-progress")
             job_status = gr.Markdown(elem_id="retrain-job-status")
             log = gr.Textbox(
-                label="Log tail",
-                lines=10,
-                max_lines=10,
+                label=f"Log tail (newest {LOG_LINES} lines)",
+                lines=LOG_LINES,
+                max_lines=LOG_LINES + 1,
                 interactive=False,
                 autoscroll=True,
                 elem_id="retrain-log",
             )
     gr.Markdown("#### Head versions")
     history = gr.Dataframe(
-        label="History (newest first)", interactive=False, elem_id="retrain-history"
+        EMPTY_HISTORY, label="History (newest first)", interactive=False, elem_id="retrain-history"
     )
     with gr.Row():
         version = gr.Dropdown(label="Version", choices=[], elem_id="retrain-version")
@@ -127,14 +134,15 @@ def build(ctx: Context) -> None:
         if not m:
             return (
                 "No model registered.",
-                None,
+                EMPTY_HISTORY,
                 gr.update(choices=[]),
                 render.head_history_plot(None),
             )
         versions = svc.head_versions(m)
+        hist = svc.head_history(m)
         return (
             svc.training_summary(m),
-            svc.head_history(m),
+            hist if len(hist.columns) else EMPTY_HISTORY,
             gr.update(choices=versions, value=versions[0] if versions else None),
             render.head_history_plot(svc.head_comparison(m)),
         )
@@ -148,7 +156,10 @@ def build(ctx: Context) -> None:
         status = f"**Job #{st.id}** ({st.kind}): **{st.status}**" + (
             f" — {st.error}" if st.error else ""
         )
-        return progress_html(st.progress, label), status, st.log_tail
+        # only as many lines as the box shows: the newest line is always in view, with no
+        # scroll position to lose between polls
+        tail = "\n".join((st.log_tail or "").splitlines()[-LOG_LINES:])
+        return progress_html(st.progress, label), status, tail
 
     # a recipe brings its own learning rate; the box stays editable after the switch
     recipe.change(lambda r: RECIPES.get(r).lr, recipe, lr, api_name=False)
@@ -245,5 +256,6 @@ def build(ctx: Context) -> None:
             return 0, gr.update(), gr.update(), gr.update(), gr.Timer(active=False)
         return (job, *_job_view(svc.job_state(job)), gr.Timer(active=True))
 
+    ctx["retrain.model"] = model
     ctx["retrain.overview"] = (overview, model, overview_out)
     ctx["retrain.resume"] = (resume, None, [job_id, bar, job_status, log, timer])

@@ -236,6 +236,21 @@ def _auprc_improves(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
     return prev is None or float(mean) > float(prev)
 
 
+@ACTIVATION_RULES.register("auprc_and_fpr95_improve")
+def _auprc_and_fpr95_improve(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
+    """Activate when the mean AuPRC beats the active head's and the mean FPR95 is no worse.
+
+    AuPRC alone once activated a head whose FPR95 went from 10.4 to 41.0 %: a researcher reads
+    both, so the rule does too.
+    """
+    if not _auprc_improves(new, old):
+        return False
+    fpr, prev = new.get("eval_mean_fpr95"), (old or {}).get("eval_mean_fpr95")
+    if prev is None:
+        return True
+    return fpr is not None and float(fpr) <= float(prev)
+
+
 @dataclass
 class FrozenModel:
     """A registered model, built lazily: training from a warm cache never loads it."""
@@ -370,13 +385,6 @@ def train_head(
     from training.dataset import build_pixel_set, training_images_from_store
     from training.features import FeatureCache
 
-    device = str(resolve_device(device))
-    rule = ("always" if activate else "never") if isinstance(activate, bool) else activate
-    rule_fn = ACTIVATION_RULES.get(rule)
-    report = progress or (lambda f, m: None)
-    workspace = Path(workspace).resolve()  # stored head paths must work from any folder
-
-    with store.read() as s:
     if config.head == "oe":  # outlier exposure fine-tunes the model's own layers instead
         from training.outlier_exposure import OEConfig, train_oe_version
 
@@ -386,6 +394,13 @@ def train_head(
             job_id=job_id, predictor=predictor, render_sample=render_sample,
         )  # fmt: skip
 
+    device = str(resolve_device(device))
+    rule = ("always" if activate else "never") if isinstance(activate, bool) else activate
+    rule_fn = ACTIVATION_RULES.get(rule)
+    report = progress or (lambda f, m: None)
+    workspace = Path(workspace).resolve()  # stored head paths must work from any folder
+
+    with store.read() as s:
         row = get_model(s, model)
         meta = row.meta or {}
         frozen = FrozenModel(
@@ -484,6 +499,8 @@ def train_head(
         summary: dict[str, Any] = {"train": train_metrics, "eval": {e["dataset"]: e for e in evals}}
         scored = [e["metrics"]["auprc"] for e in evals if "auprc" in e.get("metrics", {})]
         summary["eval_mean_auprc"] = sum(scored) / len(scored) if scored else None
+        fprs = [e["metrics"]["fpr95"] for e in evals if "fpr95" in e.get("metrics", {})]
+        summary["eval_mean_fpr95"] = sum(fprs) / len(fprs) if fprs else None
         with store.session() as s:
             for e in evals:
                 if e.get("metrics"):
