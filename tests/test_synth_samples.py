@@ -401,3 +401,31 @@ def test_bad_specs_are_named(ws):
         generate_samples(ws.store, "x", 0)
     with pytest.raises(AnomsegError, match="not registered"):
         generate_samples(ws.store, "x", 1)
+
+
+def test_curate_services_render_and_edit_samples_on_stored_sources(ws, tmp_path):
+    from anomseg.imageio import read_image
+    from dashboard.services import Services
+    from training.synth_samples import generate_samples
+
+    _write_camvid_like(tmp_path / "cv")
+    bg_spec = {"source": "labelled", "options": {"root": str(tmp_path / "cv")}}
+    (sid,) = generate_samples(
+        ws.store, "cv-coco", 1, backgrounds=bg_spec, objects=_coco_spec(tmp_path / "coco"),
+        placement={**SMALL, "max_overlap": 0.0, "min_coverage": 0.95}, instances=(1, 1), seed=3,
+    )  # fmt: skip
+    svc = Services(ws)
+    with ws.store.read() as s:
+        from db import pastes as dbpastes
+
+        cache = dbpastes.get_sample(s, sid).render
+    # Curate's preview is the stored render (CamVid background, COCO object from the spec)
+    np.testing.assert_array_equal(svc.render_sample(sid).rgb, read_image(cache["image"]))
+    assert svc.object_choices("coco")  # the object list of the stored COCO source
+    rec = svc.paste_record(sid, "p0")
+    # a move along the road is stored as a new revision and re-rendered; off the road is refused
+    n = svc.edit_paste(sid, "p0", {"x": rec["x"] + (3 if rec["x"] < W // 2 else -3)})
+    assert n == 2
+    assert svc.refresh_render_cache(sid)["image"] != cache["image"]
+    with pytest.raises(InputError, match="off the road"):
+        svc.edit_paste(sid, "p0", {"x": 17, "y": H // 3 + 7})  # onto the car and the sky

@@ -254,8 +254,12 @@ def sample_sources(store: Any, sample_id: int) -> tuple[Any, Any] | None:
     return build_backgrounds(spec["backgrounds"]), build_objects(spec["objects"])
 
 
-def object_source_for(store: Any, source: str, object_id: str) -> Any | None:
-    """The stored object source named ``source`` that knows ``object_id`` (None if none does)."""
+def object_source_for(store: Any, source: str, object_id: str | None = None) -> Any | None:
+    """The object source named ``source`` that a synthetic dataset's spec builds, or None.
+
+    With ``object_id``, the first such source that knows that object (two datasets may draw
+    from different COCO files under the same source name).
+    """
     from db import catalog
 
     with store.read() as s:
@@ -263,7 +267,7 @@ def object_source_for(store: Any, source: str, object_id: str) -> Any | None:
     for spec in specs:
         if spec is not None and spec["objects"]["source"] == source:
             src = build_objects(spec["objects"])
-            if str(object_id) in set(src.ids()):
+            if object_id is None or str(object_id) in set(src.ids()):
                 return src
     return None
 
