@@ -431,7 +431,8 @@ class Predictor:
             collate_fn=list,
             shuffle=False,
         )
-        batches = iter(loader) if num_workers else prefetched(loader)
+        # worker errors come back wrapped in the worker's traceback: keep the user's one line
+        batches = _unwrap_worker_errors(loader) if num_workers else prefetched(loader)
         for batch in batches:
             preds: list[Prediction | None] = []
             run: list[bool] = []
@@ -455,3 +456,18 @@ class Predictor:
                 preds = [next(fresh) if r else p for p, r in zip(preds, run, strict=True)]
             for (_image, label, name, _digest, _hw), pred in zip(batch, preds, strict=True):
                 yield name, pred, label
+
+
+def _unwrap_worker_errors(loader: Any) -> Iterator[Any]:
+    """Iterate a DataLoader, turning a user error raised in a worker back into its one line."""
+    from anomseg.errors import AnomsegError, from_worker
+
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except AnomsegError as exc:
+            raise from_worker(exc) from None
+        yield batch

@@ -17,7 +17,7 @@ from dashboard import panels as panel_html
 from dashboard import render
 from dashboard.scales import scale_of
 from dashboard.services import THRESHOLD_MODES, CompareResult, CompareStyle, ParamChoice, Services
-from dashboard.ui import Context, guarded, refusing
+from dashboard.ui import Context, form_id, guarded, refusing
 
 EMPTY_TABLE = pd.DataFrame(columns=["method", "spec", "AuPRC %", "FPR95 %"])
 
@@ -196,7 +196,7 @@ def build(ctx: Context) -> None:
         *pvals, full_name = rest
         if not m:
             raise InputError("no model is registered in this workspace (see `anomseg add-model`)")
-        if not img or int(img) <= 0:
+        if (img := form_id(img, "image id")) is None:
             empty = panel_html.panels_html([], cm or "inferno", float(op))
             return (
                 empty,
@@ -361,7 +361,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def on_full(m, img, names, name, op, mode, t, sh, gt, cm, ds, *pvals):
-        if not m or not img or int(img) <= 0 or not name:
+        if not m or (img := form_id(img, "image id")) is None or not name:
             return None, ""
         style = _style(op, mode, t, sh, gt, cm, ds)
         pdict = params_dict(params, pvals)

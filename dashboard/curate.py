@@ -12,7 +12,7 @@ import pandas as pd
 
 from anomseg.errors import InputError
 from dashboard.services import Services
-from dashboard.ui import Context, guarded, progress_html, refusing, user_of
+from dashboard.ui import Context, form_id, guarded, progress_html, refusing, user_of
 
 STATUSES = ["all", "proposed", "accepted", "rejected"]
 EMPTY_SAMPLES = pd.DataFrame(columns=["id", "status", "background", "pastes", "updated"])
@@ -108,7 +108,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def show(sid, current_key):
-        if not sid or int(sid) <= 0:
+        if (sid := form_id(sid, "sample id")) is None:
             return None, EMPTY_PASTES, gr.update(choices=[], value=None)
         keys = [k for k in svc.sample_view(int(sid))[2]]
         sel = current_key if current_key in keys else (keys[0] if keys else None)
@@ -117,7 +117,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def fill_fields(sid, k):
-        if not sid or int(sid) <= 0 or not k:
+        if (sid := form_id(sid, "sample id")) is None or not k:
             return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
         rec = svc.paste_record(int(sid), k)
         objects = svc.object_choices(rec["source"])
@@ -137,7 +137,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def select_key(sid, k):
-        if not sid or int(sid) <= 0:
+        if (sid := form_id(sid, "sample id")) is None:
             return gr.update()
         return svc.sample_view(int(sid), k)[0]
 
@@ -147,7 +147,7 @@ def build(ctx: Context) -> None:
 
     @refusing(3, status=2)
     def apply(sid, k, o, sc, fe, fl, ph, request: gr.Request = None):
-        if not sid or int(sid) <= 0 or not k:
+        if (sid := form_id(sid, "sample id")) is None or not k:
             raise InputError("select a sample and one of its pastes first")
         changes = {
             "object_id": o,
@@ -169,7 +169,7 @@ def build(ctx: Context) -> None:
 
     @refusing(3, status=2)
     def click_move(sid, k, evt: gr.SelectData, request: gr.Request = None):
-        if not sid or int(sid) <= 0 or not k:
+        if (sid := form_id(sid, "sample id")) is None or not k:
             raise InputError("select a sample and one of its pastes first")
         if evt is None or evt.index is None:
             return gr.update(), gr.update(), gr.update()
@@ -182,7 +182,7 @@ def build(ctx: Context) -> None:
 
     @refusing(3, status=2)
     def undo(sid, k):
-        if not sid or int(sid) <= 0 or not k:
+        if (sid := form_id(sid, "sample id")) is None or not k:
             raise InputError("select a sample and one of its pastes first")
         rev = svc.undo_paste(int(sid), k)
         img, df, _ = svc.sample_view(int(sid), k)
@@ -190,7 +190,7 @@ def build(ctx: Context) -> None:
 
     @refusing(3, status=2)
     def redo(sid, k):
-        if not sid or int(sid) <= 0 or not k:
+        if (sid := form_id(sid, "sample id")) is None or not k:
             raise InputError("select a sample and one of its pastes first")
         rev = svc.redo_paste(int(sid), k)
         img, df, _ = svc.sample_view(int(sid), k)
@@ -204,7 +204,7 @@ def build(ctx: Context) -> None:
     def _status_handler(new_status: str):
         @guarded
         def set_status(sid, filt):
-            if not sid or int(sid) <= 0:
+            if (sid := form_id(sid, "sample id")) is None:
                 raise InputError("select a sample first")
             svc.set_sample_status(int(sid), new_status)
             gr.Info(f"Sample #{int(sid)} is now {new_status}.")

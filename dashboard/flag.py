@@ -16,7 +16,7 @@ import pandas as pd
 from anomseg.errors import InputError
 from dashboard.compare import params_dict
 from dashboard.services import FLAG_KIND_LABELS, Services
-from dashboard.ui import Context, guarded, user_of
+from dashboard.ui import Context, form_id, guarded, user_of
 
 
 def new_token() -> str:
@@ -123,7 +123,7 @@ def build(ctx: Context) -> None:
     def load_map(m, img, name, *pvals):
         if not m:
             raise InputError("no model selected (pick one in Compare)")
-        if not img or int(img) <= 0:
+        if (img := form_id(img, "image id")) is None:
             raise InputError("no image open: pick or upload one in the Compare tab first")
         if not name:
             raise InputError("pick the method whose map you want to flag")
@@ -131,7 +131,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def refresh(img):
-        if not img or int(img) <= 0:
+        if (img := form_id(img, "image id")) is None:
             return None, EMPTY_FLAGS
         return svc.flags_overlay(int(img)), svc.flags_frame(int(img))
 
@@ -142,7 +142,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def save(m, img, name, k, value, text, tok, *pvals, request: gr.Request = None):
-        if not img or int(img) <= 0:
+        if (img := form_id(img, "image id")) is None:
             raise InputError("no image open: pick or upload one in the Compare tab first")
         if not name:
             raise InputError("pick the method whose map you flagged")
@@ -190,7 +190,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def update(img, fid, k, text):
-        if not fid:
+        if (fid := form_id(fid, "flag id")) is None:
             raise InputError("select a flag in the table first")
         svc.update_flag(int(fid), note=text or "", kind=k or None)
         gr.Info(f"Flag #{int(fid)} updated.")
@@ -202,7 +202,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def delete(img, fid):
-        if not fid:
+        if (fid := form_id(fid, "flag id")) is None:
             raise InputError("select a flag in the table first")
         svc.delete_flag(int(fid))
         gr.Info(f"Flag #{int(fid)} deleted.")

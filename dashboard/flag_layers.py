@@ -29,7 +29,9 @@ def kind_layers(
     rows, cols = _sample_index(full_hw[0], out_hw[0]), _sample_index(full_hw[1], out_hw[1])
     layers: dict[str, np.ndarray] = {}
     for kind, c in crops:
-        layer = layers.setdefault(kind, np.zeros(out_hw, dtype=bool))
+        layer = layers.get(kind)
+        if layer is None:
+            layer = layers[kind] = np.zeros(out_hw, dtype=bool)
         ch, cw = c.crop.shape
         if ch == 0 or cw == 0:
             continue
@@ -46,15 +48,21 @@ def kind_layers(
 def draw_layers(rgb: np.ndarray, layers: dict[str, np.ndarray], alpha: float = 0.45) -> np.ndarray:
     """``rgb`` with each kind's layer tinted in its colour and outlined.
 
-    Only the flagged pixels are blended (same arithmetic as ``render.blend``), so the cost
-    follows the flagged area, not the frame times the number of kinds.
+    The tint of a channel value depends on that value alone, so it is a 256-entry table
+    computed with ``render.blend``'s float32 arithmetic (identical results) and applied where
+    the layer is set: no float copy of the frame per kind.
     """
     out = rgb.copy()
+    a = np.float32(alpha)
+    levels = np.arange(256, dtype=np.float32)
     for kind, m in layers.items():
         if not m.any():
             continue
-        color = np.array(render.FLAG_COLORS.get(kind, (255, 255, 0)), dtype=np.float32)
-        px = out[m].astype(np.float32)
-        out[m] = np.clip(np.rint(px * (1.0 - alpha) + color * alpha), 0, 255).astype(np.uint8)
-        out[render.outline(m, 2)] = color.astype(np.uint8)
+        color = render.FLAG_COLORS.get(kind, (255, 255, 0))
+        for ch in range(3):
+            lut = levels * (np.float32(1.0) - a) + np.float32(color[ch]) * a
+            lut = np.clip(np.rint(lut), 0, 255).astype(np.uint8)
+            plane = out[..., ch]
+            np.copyto(plane, lut[plane], where=m)
+        out[render.outline(m, 2)] = color
     return out

@@ -510,10 +510,10 @@ class Services:
         return items
 
     def _image_paths(self, image_id: int) -> tuple[Any, Any, Path]:
-        from db.models import Image
+        from db.models import Image, row_id
 
         with self.store.read() as s:
-            img = s.get(Image, int(image_id))
+            img = s.get(Image, row_id(image_id, "image id"))
             if img is None:
                 raise InputError(f"image id {image_id} is not registered (deleted?)")
             ds = img.dataset
@@ -1291,10 +1291,8 @@ class Services:
             return list(getter(source))[:limit]
         import anomseg.world  # noqa: F401
         from anomseg.synth.sources import OBJECT_SOURCES
-        from training.synth_samples import object_source_for
 
-        stored = object_source_for(self.store, source)  # COCO: a synthetic dataset's spec
-        return (stored or OBJECT_SOURCES.get(source)()).ids()[:limit]
+        return OBJECT_SOURCES.get(source)().ids()[:limit]
 
     def _records(self, sample_id: int) -> list[tuple[int, str, Any]]:
         """(paste id, key, PasteRecord) of the live pastes of a sample."""

@@ -80,6 +80,18 @@ def user_of(request: gr.Request | None) -> str:
     return str(name) if name else "anonymous"
 
 
+def form_id(value: Any, what: str) -> int | None:
+    """A row id from a form or an API call: None when nothing is chosen (empty or 0), else a
+    whole number in range (``db.models.row_id``) - never a silent int(1.5) or an OverflowError."""
+    from db.models import row_id
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, bool) and isinstance(value, int | float) and value == 0:
+        return None
+    return row_id(value, what)
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user errors into a visible gr.Error toast, and unexpected ones into a short one.
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from anomseg.errors import InputError
 from db.masks import as_bool_mask, bbox_of, encode_mask
-from db.models import EVAL_ROLES, FLAG_KINDS, Dataset, Flag, Image, Model, check_uid
+from db.models import EVAL_ROLES, FLAG_KINDS, Dataset, Flag, Image, Model, check_uid, row_id
 
 
 def _check_kind(kind: str) -> None:
@@ -80,7 +80,7 @@ def add_flag(
 
 def get_flag(session: Session, flag_id: int) -> Flag:
     """A flag by id."""
-    flag = session.get(Flag, flag_id)
+    flag = session.get(Flag, row_id(flag_id, "flag id"))
     if flag is None:
         raise InputError(f"flag id {flag_id} does not exist (deleted?)")
     return flag

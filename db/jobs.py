@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from anomseg.errors import InputError
-from db.models import JOB_FINAL, JOB_STATUSES, Job, utcnow
+from db.models import JOB_FINAL, JOB_STATUSES, Job, row_id, utcnow
 
 LOG_TAIL_CHARS = 8000
 STALE_AFTER_S = 60.0  # a heartbeat older than this is a dead worker's (workers beat every 5 s)
@@ -83,7 +83,7 @@ def enqueue_job(session: Session, kind: str, params: Mapping[str, Any] | None = 
 
 def get_job(session: Session, job_id: int) -> Job:
     """A job by id (fresh from the database)."""
-    job = session.get(Job, job_id, populate_existing=True)
+    job = session.get(Job, row_id(job_id, "job id"), populate_existing=True)
     if job is None:
         raise InputError(f"job id {job_id} does not exist")
     return job

@@ -75,6 +75,32 @@ def check_uid(uid: str, what: str = "uid") -> str:
     return uid
 
 
+MAX_ROW_ID = 2**63 - 1  # what an SQLite INTEGER / PostgreSQL bigint primary key can hold
+
+
+def row_id(value: object, what: str = "id") -> int:
+    """``value`` as a row id in 1..MAX_ROW_ID; InputError naming ``what`` otherwise (a larger
+    int would raise OverflowError in the driver, a float like 1.5 would silently become 1)."""
+    bad = InputError(f"{what} {value!r} is not a whole number; expected an id such as 12")
+    if isinstance(value, bool):
+        raise bad
+    if not isinstance(value, int):
+        text = str(value).strip()
+        if text.lstrip("+-").isdigit():
+            value = int(text)
+        else:
+            try:
+                f = float(text)
+            except ValueError:
+                raise bad from None
+            if not math.isfinite(f) or not f.is_integer():
+                raise bad
+            value = int(f)
+    if not 1 <= value <= MAX_ROW_ID:
+        raise InputError(f"{what} {value} is out of range; expected 1..{MAX_ROW_ID}")
+    return value
+
+
 def utcnow() -> datetime:
     """The current time, UTC, timezone-aware."""
     return datetime.now(UTC)

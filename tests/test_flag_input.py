@@ -201,3 +201,20 @@ def test_stored_flags_overlay_equals_the_per_flag_computation(svc):
     none = ~(expect["fp"] | expect["fn"] | expect["ignore"])
     assert np.array_equal(overlay[none], base[none])  # untouched outside every flag
     assert not np.array_equal(overlay[expect["fp"]], base[expect["fp"]])
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.45])
+def test_kind_layer_drawing_equals_render_blend(alpha):
+    """The table-driven tint is bit-identical to render.blend + render.paint on each layer."""
+    from dashboard import flag_layers, render
+
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    layers = {k: rng.random((96, 160)) < 0.3 for k in ("fp", "fn", "ignore")}
+    expect = rgb
+    for kind, m in layers.items():
+        color = np.array(render.FLAG_COLORS[kind], np.uint8)
+        tinted = render.blend(expect, np.broadcast_to(color, expect.shape), alpha)
+        expect = np.where(m[..., None], tinted, expect)
+        expect = render.paint(expect, render.outline(m, 2), tuple(int(c) for c in color))
+    assert np.array_equal(flag_layers.draw_layers(rgb, layers, alpha), expect)

@@ -137,6 +137,9 @@ def _progress_bars(enabled: bool) -> Any:
     return on_image
 
 
+MAX_INPUT_SIDE = 16384  # pixels per side of a model input: far above any road-scene frame
+
+
 def parse_size(text: str | None) -> tuple[int, int] | str | None:
     """'512x1024' -> (512, 1024); 'native' -> 'native'; None -> None (model default)."""
     if text is None:
@@ -149,7 +152,17 @@ def parse_size(text: str | None) -> tuple[int, int] | str | None:
         raise InputError(
             f"--input-size {text!r}; expected HxW with positive integers, e.g. 512x1024, or 'native'"
         )
-    return int(m.group(1)), int(m.group(2))
+    h, w = int(m.group(1)), int(m.group(2))
+    # a forward at 40000x80000 dies in a MemoryError deep inside torch: refuse it here instead
+    from anomseg.imageio import MAX_PIXELS_ENV, max_pixels
+
+    if max(h, w) > MAX_INPUT_SIDE or h * w > max_pixels():
+        raise InputError(
+            f"--input-size {text!r} is over the limit: at most {MAX_INPUT_SIDE} pixels per side "
+            f"and {max_pixels()} pixels in all (${MAX_PIXELS_ENV} raises the latter); "
+            "expected e.g. 512x1024"
+        )
+    return h, w
 
 
 def split_methods(text: str) -> list[str]:

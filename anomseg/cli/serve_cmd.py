@@ -136,6 +136,33 @@ def wait_for_jobs(ws, timeout_s: float = 900, poll_s: float = 1.0) -> None:
         time.sleep(poll_s)
 
 
+def _port_in_use(host: str, port: int, exc: OSError) -> Exception:
+    from anomseg.errors import InputError
+
+    why = exc.strerror or str(exc).split(". ")[0]
+    return InputError(
+        f"port {port} on {host} is already in use or not available ({why}); is another "
+        "anomseg serve running? pick another with --port"
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """InputError naming the port when ``host:port`` cannot be bound (busy, or out of range)."""
+    import socket
+
+    from anomseg.errors import InputError
+
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port}; expected 1..65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise _port_in_use(host, port, exc) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the dashboard and serve until interrupted (or write screenshots and exit)."""
     import dashboard.jobs  # noqa: F401  (job kinds of the in-process worker)
@@ -143,12 +170,17 @@ def run(args: argparse.Namespace) -> int:
     from db.workspace import Workspace
 
     auth = parse_auth(args.auth)
+    check_port_free(args.host, args.port)  # before the demo build, not after minutes of it
     ws = Workspace.open(args.workspace, url=args.url)
     prepare_workspace(
         ws, demo=not args.no_demo, demo_size=args.demo_size, evaluate=not args.no_worker
     )
     app = build_app(ws)
-    server = launch(app, host=args.host, port=args.port, auth=auth, worker=not args.no_worker)
+    try:
+        server = launch(app, host=args.host, port=args.port, auth=auth, worker=not args.no_worker)
+    except OSError as exc:  # taken meanwhile: still one line, not gradio's traceback
+        ws.close()
+        raise _port_in_use(args.host, args.port, exc) from None
     try:
         if args.screenshots:
             from dashboard.screenshots import take_screenshots
