@@ -332,3 +332,26 @@ def test_rescale_is_within_one_grey_level_of_pil(src, dst):
     if dst[0] < src[0]:  # plain bilinear aliases when shrinking: the test tells them apart
         plain = F.interpolate(x, dst, mode="bilinear")[0].permute(1, 2, 0).double().numpy() * 255
         assert np.abs(plain - pil).max() > 10
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("which", ["fs_static", "road_anomaly21"])
+def test_rescale_of_real_images_is_within_one_grey_level_of_pil(request, which):
+    """Fishyscapes 2048x1024 -> 1280x640 and RoadAnomaly21 1280x720 -> 512x288, every image."""
+    from PIL import Image
+
+    from anomseg.imageio import read_image
+    from anomseg.models.eomt import EoMT
+
+    root = request.getfixturevalue(which)
+    paths = sorted(p for p in (root / "images").iterdir() if p.suffix in (".jpg", ".png"))
+    assert len(paths) >= 10
+    for path in paths:
+        im = np.array(read_image(path))
+        size = (640, 1280) if im.shape[0] == 1024 else (288, 512)
+        x = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
+        pil = np.asarray(Image.fromarray(im).resize(size[::-1], Image.BILINEAR)).astype(float)
+        ours = EoMT.rescale(x, size)[0].permute(1, 2, 0).double().numpy() * 255
+        assert np.abs(ours - pil).max() <= 1.0 + 1e-4, path.name
+        plain = F.interpolate(x, size, mode="bilinear")[0].permute(1, 2, 0).double().numpy()
+        assert np.abs(plain * 255 - pil).max() > 10, path.name  # what plain bilinear was off by
