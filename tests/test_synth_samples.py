@@ -429,3 +429,22 @@ def test_curate_services_render_and_edit_samples_on_stored_sources(ws, tmp_path)
     assert svc.refresh_render_cache(sid)["image"] != cache["image"]
     with pytest.raises(InputError, match="off the road"):
         svc.edit_paste(sid, "p0", {"x": 17, "y": H // 3 + 7})  # onto the car and the sky
+
+
+def test_synth_yaml_config_reads_a_labelled_source(tmp_path):
+    from anomseg.synth.config import build_sources, parse_config
+
+    _write_camvid_like(tmp_path / "cv")
+    _coco_spec(tmp_path / "coco")
+    cfg = parse_config(
+        {
+            "backgrounds": {"source": "labelled", "options": {"root": "cv", "images": "train"}},
+            "objects": {"source": "coco", "options": {"annotations": "coco/instances.json", "images": "coco/images"}},
+        },
+        tmp_path,
+    )  # fmt: skip
+    # the root resolves against the config's folder; 'images' stays a folder name under it
+    assert cfg.backgrounds.options == {"root": str(tmp_path / "cv"), "images": "train"}
+    assert cfg.objects.options["images"] == str(tmp_path / "coco" / "images")
+    bgs, objs = build_sources(cfg)
+    assert bgs.ids() == ["f0", "f1", "f2", "f3"] and objs.ids()

@@ -191,9 +191,12 @@ def _workspace(store: Any, workspace: str | Path | None) -> Path:
 def _pin_defaults(spec: dict[str, Any], ws: Path) -> dict[str, Any]:
     """Absolute paths, and a pseudo-label folder for an unlabelled folder source."""
     spec = json.loads(json.dumps(spec))
-    # path options by part ("images" is a folder name under the root for a labelled source)
-    path_keys = {"backgrounds": ("root", "pseudo_labels"), "objects": ("annotations", "images")}
-    for part, keys in path_keys.items():
+    from anomseg.synth.config import PATH_KEYS
+    from anomseg.synth.sources import BACKGROUND_SOURCES, OBJECT_SOURCES
+
+    # the path options a source declares ("images" is a folder name under a labelled root)
+    for part, registry in (("backgrounds", BACKGROUND_SOURCES), ("objects", OBJECT_SOURCES)):
+        keys = getattr(registry.get(spec[part]["source"]), "PATH_OPTIONS", PATH_KEYS)
         opts = spec[part].setdefault("options", {})
         for key, value in list(opts.items()):
             if key in keys and isinstance(value, str):

@@ -179,7 +179,11 @@ def _source(data: Any, path: str, registry, base_dir: Path) -> SourceSpec:
             raise InputError(f"{path}.options.{missing[0]}: required by {path} source {name!r}")
     resolved = {}
     for key, value in opts.items():
-        if isinstance(value, str) and _is_path_key(str(key)):
+        # a source may declare its path options (a labelled source's 'images' is a folder name
+        # under its root, not a path); otherwise the naming rule decides
+        declared = getattr(builder, "PATH_OPTIONS", None)
+        is_path = str(key) in declared if declared is not None else _is_path_key(str(key))
+        if isinstance(value, str) and is_path:
             p = Path(value).expanduser()
             value = str(p if p.is_absolute() else (base_dir / p))
         resolved[str(key)] = value

@@ -64,6 +64,7 @@ class ImageFolderBackgrounds:
     """Every image of ``root`` (flat), labelled by a model's predictions (see module docstring)."""
 
     name = "folder"
+    PATH_OPTIONS = ("root", "pseudo_labels")
 
     def __init__(
         self,

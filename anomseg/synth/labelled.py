@@ -52,6 +52,7 @@ class LabelledBackgrounds:
     """Frames of a labelled road dataset, labels mapped to trainIds by ``class_map``."""
 
     name = "labelled"
+    PATH_OPTIONS = ("root",)  # images / labels are folder names under the root
 
     def __init__(
         self,
