@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anomseg.errors import InputError
+
 pytestmark = pytest.mark.realdata
 
 # CamVid's 11 classes as ../shared/README.md lists them, and the Cityscapes trainId each should
@@ -211,3 +213,32 @@ def test_real_erfnet_pseudo_labels_on_a_camvid_frame(camvid, erfnet_checkpoint, 
     # the pinned id reads the stored labels back without any model
     again = ImageFolderBackgrounds(camvid / "train", tmp_path / "pl").load(bg.id)
     np.testing.assert_array_equal(again.labels, bg.labels)
+
+
+def test_coco_files_pooled(shared):
+    from anomseg.cli.synthetic_cmd import add_arguments, object_spec
+    from anomseg.synth.coco import CocoObjects
+
+    root = shared / "data" / "coco_subsets"
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(
+        ["x", "--n", "1", "--objects", f"coco:{root / 'mini_a'},{root / 'mini_b'}",
+         "--coco-split", "train,val", "--categories", "dog,cat,horse"]
+    )  # fmt: skip
+    spec = object_spec(args)
+    assert len(spec["options"]["annotations"]) == len(spec["options"]["images"]) == 4
+    pooled = CocoObjects(**spec["options"])
+    parts = [
+        CocoObjects(a, i, categories=["dog", "cat", "horse"])
+        for a, i in zip(spec["options"]["annotations"], spec["options"]["images"], strict=True)
+    ]
+    union = set().union(*(set(p.ids()) for p in parts))
+    assert set(pooled.ids()) == union and len(union) > max(len(p.ids()) for p in parts)
+    last = next(i for i in parts[-1].ids() if all(i not in p.ids() for p in parts[:-1]))
+    obj = pooled.load(last)
+    np.testing.assert_array_equal(obj.mask, parts[-1].load(last).mask)
+    with pytest.raises(InputError, match="as many images folders"):
+        CocoObjects(spec["options"]["annotations"], spec["options"]["images"][:2])

@@ -201,6 +201,8 @@ def _pin_defaults(spec: dict[str, Any], ws: Path) -> dict[str, Any]:
         for key, value in list(opts.items()):
             if key in keys and isinstance(value, str):
                 opts[key] = str(Path(value).expanduser().resolve())
+            elif key in keys and isinstance(value, list):
+                opts[key] = [str(Path(v).expanduser().resolve()) for v in value]
     bg = spec["backgrounds"]
     if bg["source"] == "folder":
         bg["options"].setdefault("pseudo_labels", str(ws / "pseudo_labels"))

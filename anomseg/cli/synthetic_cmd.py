@@ -42,10 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--objects",
         default=None,
-        help="coco:ROOT (ROOT/annotations/instances_<split>2017.json + ROOT/<split>2017/) or "
-        "coco:FILE.json with --coco-images DIR",
+        help="coco:ROOT[,ROOT2] (ROOT/annotations/instances_<split>2017.json + "
+        "ROOT/<split>2017/) or coco:FILE.json with --coco-images DIR",
     )
-    p.add_argument("--coco-split", default="train", help="coco: train or val (train)")
+    p.add_argument("--coco-split", default="train", help="coco: train, val or train,val (train)")
     p.add_argument("--coco-images", default=None, help="coco: images folder for a JSON file")
     p.add_argument("--categories", default=None, help="coco: comma-separated category names")
     p.add_argument("--instances", default="1-3", help="pastes per sample MIN-MAX (1-3)")
@@ -111,18 +111,23 @@ def object_spec(args: argparse.Namespace) -> dict[str, Any]:
     from anomseg.errors import InputError
 
     kind, root = _split_source(args.objects, OBJECT_KINDS, "--objects")
-    if args.coco_split not in ("train", "val"):
-        raise InputError(f"--coco-split: expected train or val, got {args.coco_split!r}")
+    splits = [sp.strip() for sp in args.coco_split.split(",")]
+    if not splits or any(sp not in ("train", "val") for sp in splits):
+        raise InputError(f"--coco-split: expected train, val or train,val, got {args.coco_split!r}")
     if root.endswith(".json"):
         if not args.coco_images:
             raise InputError("--objects coco:FILE.json needs --coco-images DIR")
         opts: dict[str, Any] = {"annotations": root, "images": args.coco_images}
-    else:
-        sp = args.coco_split
-        opts = {
-            "annotations": str(Path(root) / "annotations" / f"instances_{sp}2017.json"),
-            "images": str(Path(root) / f"{sp}2017"),
-        }
+    else:  # ROOT[,ROOT...] x split[,split]: the objects of every file are pooled
+        pairs = [
+            (str(Path(r) / "annotations" / f"instances_{sp}2017.json"), str(Path(r) / f"{sp}2017"))
+            for r in root.split(",")
+            for sp in splits
+        ]
+        if len(pairs) == 1:
+            opts = {"annotations": pairs[0][0], "images": pairs[0][1]}
+        else:
+            opts = {"annotations": [a for a, _ in pairs], "images": [i for _, i in pairs]}
     if args.categories:
         opts["categories"] = [c.strip() for c in args.categories.split(",") if c.strip()]
     return {"source": kind, "options": opts}

@@ -89,14 +89,19 @@ def _range(name: str, value: Any, lo: float, hi: float) -> tuple[float, float]:
 
 @OBJECT_SOURCES.register("coco")
 class CocoObjects:
-    """Objects cut from COCO-format instance annotations (``annotations`` JSON + ``images`` dir)."""
+    """Objects cut from COCO-format instance annotations (``annotations`` JSON + ``images`` dir).
+
+    ``annotations`` and ``images`` may also be equal-length lists (several COCO files, e.g.
+    train + val of two subsets): their objects are pooled. COCO annotation ids are global, so an
+    id found in two files is the same object; the first file's copy is used.
+    """
 
     name = "coco"
 
     def __init__(
         self,
-        annotations: str | Path,
-        images: str | Path,
+        annotations: str | Path | list[str | Path],
+        images: str | Path | list[str | Path],
         categories: list[str] | None = None,
         fully_visible: bool = True,
         border_margin: int = 1,
@@ -106,6 +111,33 @@ class CocoObjects:
         min_pixels: int = 64,
         cache_size: int = 128,
     ) -> None:
+        self._parts: list[CocoObjects] = []
+        if isinstance(annotations, list | tuple) or isinstance(images, list | tuple):
+            anns_l = list(annotations) if isinstance(annotations, list | tuple) else [annotations]
+            imgs_l = list(images) if isinstance(images, list | tuple) else [images]
+            if not anns_l or len(anns_l) != len(imgs_l):
+                raise InputError(
+                    f"coco: expected as many images folders as annotation files, got "
+                    f"{len(anns_l)} annotation file(s) and {len(imgs_l)} images folder(s)"
+                )
+            opts = dict(
+                categories=categories, fully_visible=fully_visible, border_margin=border_margin,
+                aspect_ratio=aspect_ratio, area_ratio=area_ratio, min_solidity=min_solidity,
+                min_pixels=min_pixels, cache_size=cache_size,
+            )  # fmt: skip
+            self._parts = [CocoObjects(a, i, **opts) for a, i in zip(anns_l, imgs_l, strict=True)]
+            owner: dict[str, CocoObjects] = {}
+            for part in self._parts:
+                for oid in part.ids():
+                    owner.setdefault(oid, part)
+            self._owner = owner
+            self._ids = sorted(owner, key=lambda s: (len(s), s))
+            self.available_categories = sorted(
+                {c for part in self._parts for c in part.available_categories}
+            )
+            self.annotations_path = self._parts[0].annotations_path
+            self.images_dir = self._parts[0].images_dir
+            return
         self.annotations_path = Path(annotations)
         self.images_dir = Path(images)
         self.aspect_ratio = _range("aspect_ratio", aspect_ratio, 0.0, math.inf)
@@ -236,6 +268,11 @@ class CocoObjects:
 
     def load(self, object_id: str) -> SourceObject:
         """The cut-out of annotation ``object_id`` (tight crop of its mask)."""
+        if self._parts:
+            part = self._owner.get(str(object_id))
+            if part is None:
+                raise InputError(f"COCO object {object_id!r} is unknown or filtered out")
+            return part.load(object_id)
         hit = self._cache.get(object_id)
         if hit is not None:
             self._cache.move_to_end(object_id)

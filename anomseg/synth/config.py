@@ -150,6 +150,11 @@ def _is_path_key(key: str) -> bool:
     return key in PATH_KEYS or key.endswith(("_dir", "_path", "_file"))
 
 
+def _resolve_path(value: str, base_dir: Path) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base_dir / p))
+
+
 def _source(data: Any, path: str, registry, base_dir: Path) -> SourceSpec:
     sec = _section(data, path, ("source", "options"))
     name = sec.get("source")
@@ -183,9 +188,10 @@ def _source(data: Any, path: str, registry, base_dir: Path) -> SourceSpec:
         # under its root, not a path); otherwise the naming rule decides
         declared = getattr(builder, "PATH_OPTIONS", None)
         is_path = str(key) in declared if declared is not None else _is_path_key(str(key))
-        if isinstance(value, str) and is_path:
-            p = Path(value).expanduser()
-            value = str(p if p.is_absolute() else (base_dir / p))
+        if is_path and isinstance(value, str):
+            value = _resolve_path(value, base_dir)
+        elif is_path and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = [_resolve_path(v, base_dir) for v in value]  # several COCO files
         resolved[str(key)] = value
     return SourceSpec(name, resolved)
 
