@@ -448,3 +448,20 @@ def test_synth_yaml_config_reads_a_labelled_source(tmp_path):
     assert cfg.objects.options["images"] == str(tmp_path / "coco" / "images")
     bgs, objs = build_sources(cfg)
     assert bgs.ids() == ["f0", "f1", "f2", "f3"] and objs.ids()
+
+
+def test_synthetic_dataset_folder_stays_in_the_workspace(ws, tmp_path):
+    from db import catalog
+    from training.synth_samples import create_synthetic_dataset, dataset_spec, make_spec
+
+    _write_camvid_like(tmp_path / "cv")
+    spec = make_spec(
+        {"source": "labelled", "options": {"root": str(tmp_path / "cv")}},
+        _coco_spec(tmp_path / "c"),
+    )
+    create_synthetic_dataset(ws.store, "../../my set", spec, workspace=ws.root)
+    with ws.store.read() as s:
+        ds = catalog.get_dataset(s, "../../my set")
+        root, stored = Path(ds.root), dataset_spec(ds)
+    assert root.parent == ws.root / "synthetic" and root.name == "_.._my_set"
+    assert stored["backgrounds"]["options"]["root"] == str((tmp_path / "cv").resolve())

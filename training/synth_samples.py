@@ -25,6 +25,7 @@ pseudo-labels are pinned in the background id (see ``anomseg.synth.folder``) and
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -123,7 +124,9 @@ def create_synthetic_dataset(
 
     ws = _workspace(store, workspace)
     spec = _pin_defaults(spec, ws)
-    root = ws / "synthetic" / name
+    # the folder is named after the dataset, kept to safe characters (a name is free text)
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "dataset"
+    root = ws / "synthetic" / folder
 
     def write(s: Any) -> int:
         existing = _find_dataset(s, name)
