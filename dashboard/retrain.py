@@ -36,7 +36,8 @@ ACTIVATION = [
 ]
 HEAD_KINDS = [
     ("stats-only (4 uncertainty statistics)", "stats"),
-    ("feature-enriched (+ backbone features; mask models)", "features"),
+    ("feature-enriched (+ backbone features: EoMT patches, ERFNet encoder)", "features"),
+    ("outlier exposure (fine-tunes ERFNet's last decoder stage on the pastes)", "oe"),
 ]
 RECIPE_CHOICES = [(f"{name}: {RECIPES.get(name).description}", name) for name in RECIPES.names()]
 GEOMETRY_CHOICES = [
