@@ -67,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="images per forward, or 'auto' (from free GPU memory; 1 on CPU)",
     )  # fmt: skip
     p.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the forward (pays off on a GPU over many images; slow to start)",
+    )  # fmt: skip
+    p.add_argument(
         "--nproc", type=int, default=1,
         help="processes to shard the images over (metrics merged exactly); under torchrun "
         "each launched process is one rank by itself",
@@ -109,6 +113,7 @@ def rank_setup(
     workspace: str | None,
     url: str | None,
     rank: int,
+    compile: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """One process's (predictor, head scorers): what each rank of --nproc / torchrun builds."""
     from anomseg.distributed import rank_device
@@ -117,7 +122,8 @@ def rank_setup(
 
     extra = head_scorers(methods, checkpoint, workspace, url)
     net = create_model(model, checkpoint=checkpoint)
-    return Predictor(net, device=rank_device(device, rank), input_size=size), extra
+    dev = rank_device(device, rank)
+    return Predictor(net, device=dev, input_size=size, compile=compile), extra
 
 
 def _progress_bars(enabled: bool) -> Any:
@@ -407,6 +413,7 @@ def run(args: argparse.Namespace) -> int:
     setup = functools.partial(
         rank_setup, args.model, args.checkpoint, size, str(device), methods,
         getattr(args, "workspace", None), getattr(args, "url", None),
+        compile=getattr(args, "compile", False),
     )  # fmt: skip
     if nproc > 1:
         rows, info = evaluate_nproc(
@@ -419,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(
             create_model(args.model, checkpoint=args.checkpoint),
             device=rank_device(str(device), rank), input_size=size,
+            compile=getattr(args, "compile", False),
         )  # fmt: skip
         rows = evaluate(
             predictor, datasets, methods, progress=not args.no_progress and rank == 0,
