@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("anomseg.cli.demo_cmd", "build the built-in world's data / re-train its models"),
     "db": ("anomseg.cli.db_cmd", "database: upgrade, backup, restore, export, import"),
     "train": ("anomseg.cli.train_cmd", "train an anomaly head from the store"),
+    "recipe": ("anomseg.cli.recipe_cmd", "reproduce the real-data table (recipe real)"),
     "worker": ("anomseg.cli.worker_cmd", "run the background job worker"),
     "serve": ("anomseg.cli.serve_cmd", "start the dashboard"),
     "add-dataset": ("anomseg.cli.register_cmd", "register a benchmark or training dataset"),
