@@ -38,7 +38,7 @@ Say = Callable[[str], None]
 class Budget:
     """How much the recipe does (the defaults are the README run)."""
 
-    samples: int = 160  # CamVid x COCO samples, spread over the four COCO files
+    samples: int = 120  # CamVid x COCO samples, spread over the four COCO files
     instances: tuple[int, int] = (1, 3)
     placement: dict[str, Any] = field(default_factory=dict)  # PlacementConfig fields
     head_epochs: int = 5
