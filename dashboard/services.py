@@ -1724,10 +1724,7 @@ class Services:
             model_meta = {m.name: (m.meta or {}) for m in catalog.list_models(s)}
             # a head row says how its head was trained and applied (recipe · geometry)
             setups = {
-                (m.name, f"head:{h.version}"): "{} · {}".format(
-                    (h.hparams or {}).get("recipe", "default"),
-                    (h.hparams or {}).get("head_geometry", "stitched"),
-                )
+                (m.name, f"head:{h.version}"): _head_setup(h.kind, h.hparams or {})
                 for m in catalog.list_models(s)
                 for h in dbheads.list_head_versions(s, m.id)
             }
@@ -1979,3 +1976,11 @@ def _miou(row: dict[str, Any], model_meta: dict[str, Any]) -> float | None:
 def content_digest(data: bytes) -> str:
     """sha256 hex of bytes (uploads are named by it)."""
     return hashlib.sha256(data).hexdigest()
+
+
+def _head_setup(kind: str, hparams: dict[str, Any]) -> str:
+    """How a head version was trained and applied, for its leaderboard row."""
+    if kind == "oe":  # outlier exposure: which decoder layers were tuned, and the score read
+        stage, score = hparams.get("stage", "last"), hparams.get("score", "entropy")
+        return f"outlier exposure · {stage} · {score}"
+    return f"{hparams.get('recipe', 'default')} · {hparams.get('head_geometry', 'stitched')}"
