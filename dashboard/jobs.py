@@ -37,7 +37,15 @@ def _synthetic_dataset(s: Any, name: str | None) -> Any:
     found = catalog.list_datasets(s, role="synthetic")
     if not found:
         raise InputError("no synthetic dataset is registered to add generated samples to")
-    return found[0]
+    # unnamed: the dataset being curated, i.e. the one holding the newest sample
+    from sqlalchemy import select
+
+    from db.models import SyntheticSample
+
+    newest = s.scalar(
+        select(SyntheticSample.dataset_id).order_by(SyntheticSample.id.desc()).limit(1)
+    )
+    return next((d for d in found if d.id == newest), found[0])
 
 
 @_register("synth_generate")

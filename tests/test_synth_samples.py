@@ -155,15 +155,18 @@ def test_generate_job_uses_the_dataset_specs(ws, tmp_path):
 
     _write_camvid_like(tmp_path / "cv")
     bg_spec = {"source": "labelled", "options": {"root": str(tmp_path / "cv")}}
+    from db import catalog
+
+    with ws.store.session() as s:  # an older synthetic dataset that sorts first by name
+        catalog.register_dataset(s, "a-procedural", "synthetic", tmp_path)
     generate_samples(ws.store, "cv", 1, backgrounds=bg_spec, objects=_coco_spec(tmp_path / "c"), placement=SMALL)  # fmt: skip
-    job = ws.store.transact(
-        lambda s: enqueue_job(s, "synth_generate", {"n": 2, "dataset": "cv"}).id
-    )
-    assert Worker(ws.store, ws.root, heartbeat_s=60).run_once() == job
-    with ws.store.read() as s:
-        j = get_job(s, job)
-        assert j.status == "done", j.error
-        assert len(j.result["samples"]) == 2
+    for params in ({"n": 2, "dataset": "cv"}, {"n": 1}):  # unnamed: the one being curated
+        job = ws.store.transact(lambda s, p=params: enqueue_job(s, "synth_generate", p).id)
+        assert Worker(ws.store, ws.root, heartbeat_s=60).run_once() == job
+        with ws.store.read() as s:
+            j = get_job(s, job)
+            assert j.status == "done", j.error
+            assert len(j.result["samples"]) == params["n"] and j.result["dataset"] == "cv"
 
 
 def _fake_segmenter(calls: list):
