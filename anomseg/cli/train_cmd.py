@@ -21,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="registered model name (see the store)")
     parser.add_argument(
         "--head",
-        choices=["stats", "features"],
+        choices=["stats", "features", "oe"],
         default=d.head,
-        help="stats-only (4 inputs) or feature-enriched (36 inputs) head",
+        help="stats-only (4 inputs) or feature-enriched (36 inputs) head, or oe: outlier "
+        "exposure (fine-tunes ERFNet's last decoder stage at a tenth of --lr)",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workspace", help="workspace folder (store, caches, checkpoints)")
