@@ -172,6 +172,12 @@ def run(args: argparse.Namespace) -> int:
     auth = parse_auth(args.auth)
     check_port_free(args.host, args.port)  # before the demo build, not after minutes of it
     ws = Workspace.open(args.workspace, url=args.url)
+    # a previous app killed mid-job: end its jobs now, not once the app has finished starting
+    from db.jobs import reap_dead_jobs
+
+    dead = ws.store.transact(lambda s: reap_dead_jobs(s))
+    if dead:
+        print(f"ended {len(dead)} job(s) of a stopped worker: {dead}", flush=True)
     prepare_workspace(
         ws, demo=not args.no_demo, demo_size=args.demo_size, evaluate=not args.no_worker
     )
