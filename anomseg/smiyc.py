@@ -2,13 +2,15 @@
 
 The official evaluator (``road_anomaly_benchmark``, metric ``PixBinaryClass``) does not compute
 exact AP. Per frame it reads the map as float16 (the file type it stores), takes the valid
-pixels (label != 255) and histograms their scores into **dynamic bins**: the edges are 0, 1 and
-``min(384, n)`` evenly spaced quantiles of the anomaly scores and of the normal scores each
-(768 bins in all, duplicates removed). Every bin's lower edge is a threshold; the frames'
+pixels (label != 255) and histograms their scores into **dynamic bins**: the edges are
+``min - eps`` and ``max + eps`` of the frame's scores (``eps = max(1 % of the range, 0.01)``,
+in float16) and ``min(384, n)`` evenly spaced quantiles of the anomaly scores and of the normal
+scores each (768 bins in all, duplicates removed). Every bin's lower edge is a threshold; the frames'
 per-bin counts are concatenated, all thresholds sorted high to low, and the counts accumulated
 into one confusion matrix per threshold. From those:
 
 * repeated thresholds keep only the last matrix of each run (plus the very first one);
+  this follows the evaluator's current version (its commit "fix best-f1 threshold selection")
 * the curve gets a (0, 0) start and an (all, all) end when missing;
 * AP = ``sum_n (R_n - R_{n-1}) P_n`` (precision 1 where nothing is predicted yet);
 * FPR95 = FPR at the first point whose TPR >= 0.95 (``searchsorted``), 1.0 if never reached;
@@ -44,7 +46,10 @@ def frame_bins(
     """
     p = np.asarray(scores).astype(np.float16)
     pos, neg = p[is_anomaly], p[~is_anomaly]
-    parts = [np.array([0.0, 1.0])]  # 0 and 1 are always edges
+    # outer edges just outside the frame's range (float16 arithmetic, as on the stored maps)
+    vmin, vmax = np.min(p), np.max(p)
+    eps = np.maximum((vmax - vmin) * 1e-2, 1e-2)
+    parts = [np.array([vmin - eps, vmax + eps])]
     for part in (pos, neg):
         if part.size:
             parts.append(np.quantile(part, np.linspace(0, 1, min(num_bins // 2, part.size))))
@@ -65,11 +70,13 @@ def curve_from_bins(
     fp = np.cumsum(neg_counts[order].astype(np.float64))
     # a run of equal thresholds is one point: its last cumulative count (and the first entry)
     keep = np.concatenate([[0], np.nonzero(thr[:-1] != thr[1:])[0], [len(thr) - 1]])
-    tp, fp = tp[keep], fp[keep]
-    if tp[0] != 0 or fp[0] != 0:
+    tp, fp, thr = tp[keep], fp[keep], thr[keep]
+    if tp[0] != 0 or fp[0] != 0:  # the curve starts at (0, 0) above every threshold
         tp, fp = np.concatenate([[0.0], tp]), np.concatenate([[0.0], fp])
-    if tp[-1] != n_pos or fp[-1] != n_neg:
+        thr = np.concatenate([[float(np.max(thr)) + 1], thr])
+    if tp[-1] != n_pos or fp[-1] != n_neg:  # ... and ends with everything predicted
         tp, fp = np.concatenate([tp, [n_pos]]), np.concatenate([fp, [n_neg]])
+        thr = np.concatenate([thr, [float(np.max(thr)) - 1]])  # (sic: max - 1, as official)
     fn = n_pos - tp
     tpr = tp / n_pos if n_pos else np.full(len(tp), np.nan)
     fpr = fp / n_neg if n_neg else np.full(len(fp), np.nan)
@@ -81,9 +88,7 @@ def curve_from_bins(
     at = int(np.searchsorted(tpr, FPR_AT_TPR))
     fpr95 = float(fpr[at]) if at < len(tpr) else 1.0
     best = int(np.nanargmax(f1)) if np.isfinite(f1).any() else 0
-    # the official code reads the threshold array at curve indices (keep + end points): the same
-    # lookup here, so the best-F1 threshold is the one its component metrics use
-    best_thr = float(thr[min(best, len(thr) - 1)]) if len(thr) else float("nan")
+    best_thr = float(thr[best])  # the component metrics' threshold (segment: score > it)
     return {
         "auprc": float(np.sum(np.diff(tpr) * precision[1:])),
         "fpr95": fpr95,

@@ -20,7 +20,7 @@ from anomseg.components import (
     track_for,
 )
 from anomseg.errors import InputError
-from anomseg.smiyc import SmiycPixelMetrics
+from anomseg.smiyc import SmiycPixelMetrics, frame_bins
 
 
 def _case(gt_boxes, pred_boxes, ignore_boxes=(), hw=(12, 12)):
@@ -245,3 +245,15 @@ def test_binned_ap_on_many_pixels_is_close_but_not_exact():
     restored = SmiycPixelMetrics()
     restored.load_state_dict(one.state_dict())
     assert restored.compute() == one.compute()
+
+
+def test_frame_bins_by_hand():
+    # edges: min - 0.01, max + 0.01 (eps = max(1 % of 0.8, 0.01)) and each class's 3 quantiles
+    pos = np.array([0.5, 0.7, 0.9], np.float32)
+    neg = np.array([0.1, 0.2, 0.3], np.float32)
+    thr, pc, nc = frame_bins(np.concatenate([pos, neg]), np.array([1, 1, 1, 0, 0, 0], bool))
+    f16 = [float(np.float16(v)) for v in (0.9, 0.7, 0.5, 0.3, 0.2, 0.1)]
+    low = float(np.float16(0.1) - np.float16(0.01))
+    assert thr.tolist() == [*f16, low]  # lower bin edges, high to low (top edge max + eps)
+    assert pc.tolist() == [1, 1, 1, 0, 0, 0, 0]
+    assert nc.tolist() == [0, 0, 0, 1, 1, 1, 0]

@@ -181,6 +181,8 @@ def test_round_trip_on_the_real_sets(which, erfnet_checkpoint, tmp_path, request
         assert getattr(back, k) == getattr(direct, k), k
     assert back.components == direct.components
     assert [p.get("siou") for p in back.per_image] == [p.get("siou") for p in direct.per_image]
+    if which != "road_anomaly21":  # gzip-9 HDF5 of 30 2-Mpixel maps: once is enough
+        return
     # the official files: float16 of the same maps
     export_scores(predictor, ds, ["maxlogit"], tmp_path / "h5", "smiyc", progress=False)
     f16 = evaluate_maps(find_map_folder(tmp_path / "h5", "maxlogit", ds.name), ds, "maxlogit",
