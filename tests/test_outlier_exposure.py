@@ -245,3 +245,33 @@ def test_cli_eval_refuses_an_oe_file_with_another_base(base, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "sha256" in err and err.count("\n") == 1
+
+
+def test_oe_scores_read_one_decoder_run_and_equal_their_definitions(base):
+    from anomseg.prediction import Prediction
+
+    model = base[0]
+    head = _tuned_oe(model, "last")
+    x = torch.rand(1, 3, 64, 128)
+    with torch.no_grad():
+        feats = model.encoder(x)[0]
+        z = head.decoder(feats[None])[0].double().numpy()
+    pred = Prediction(logits=torch.zeros(20, 64, 128), features=feats)
+    calls = []
+    hook = head.decoder.register_forward_hook(lambda *a: calls.append(1))
+    got = {s: head.scorer(s)(pred) for s in ("entropy", "maxlogit", "energy")}
+    hook.remove()
+    assert len(calls) == 1  # three scores, one run of the tuned decoder
+    lse = z.max(0) + np.log(np.exp(z - z.max(0)).sum(0))
+    p = np.exp(z - lse)
+    want = {
+        "entropy": -(p * np.log(p)).sum(0) / np.log(20),
+        "maxlogit": -z.max(0),
+        "energy": -lse,
+    }
+    for s, w in want.items():
+        assert np.allclose(got[s], w, atol=1e-4), s
+    other = Prediction(logits=torch.zeros(20, 64, 128), features=feats.clone() + 1)
+    assert not np.allclose(head.scorer("maxlogit")(other), got["maxlogit"])  # no stale memo
+    with pytest.raises(CheckpointError, match="score"):
+        head.anomaly_map(pred, "msp")

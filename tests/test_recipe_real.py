@@ -22,7 +22,8 @@ def test_recipe_real_end_to_end_resumes_and_its_heads_score_in_eval(
     assert main(["recipe", "real", "--shared", str(shared), "--out", str(out), *TINY]) == 0
     first = capsys.readouterr()
     doc = json.loads((out / "results.json").read_text())
-    methods = {"msp", "maxlogit", "entropy", "energy", "head:stats", "head:features", "head:oe"}
+    learned = ("stats", "features", "oe", "oe-maxlogit", "oe-energy")
+    methods = {"msp", "maxlogit", "entropy", "energy", *(f"head:{k}" for k in learned)}
     for ds in ("RoadAnomaly21", "fs_static"):
         rows = {r["method"]: r for r in doc["rows"] if r["dataset"] == ds}
         assert set(rows) == methods
@@ -34,7 +35,7 @@ def test_recipe_real_end_to_end_resumes_and_its_heads_score_in_eval(
 
     # every learned kind's file scores in `anomseg eval` exactly as the recipe scored it
     ra = {r["method"]: r for r in doc["rows"] if r["dataset"] == "RoadAnomaly21"}
-    for kind in ("stats", "features", "oe"):
+    for kind in learned:
         path = out / "heads" / f"{kind}.safetensors"
         rows_file = tmp_path / f"{kind}.json"
         rc = main(

@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,26 @@ def _train(
     }
 
 
+def _oe_variants(dest: Path) -> dict[str, str]:
+    """``oe-<score>.safetensors`` for the scores the trained file does not use (same weights)."""
+    from anomseg.models.heads import load_head, read_head_metadata, save_head
+    from anomseg.models.outlier_exposure import OE_SCORES
+
+    head, meta = load_head(dest)
+    extra = {k: v for k, v in meta.items() if k not in ("format", "kind", "in_dim", "feat_dim",
+                                                         "config")}  # fmt: skip
+    out = {}
+    for score in OE_SCORES:
+        if score == head.score:
+            continue
+        head.score = score
+        path = dest.with_name(f"oe-{score}.safetensors")
+        save_head(head, path, **extra)
+        assert read_head_metadata(path)["config"]["score"] == score
+        out[score] = str(path)
+    return out
+
+
 def _evaluate(store: Any, out: Path, heads: dict[str, dict[str, Any]], budget: Budget,
               predictor: Any) -> dict[str, Any]:  # fmt: skip
     """Post-hoc methods and every learned kind on both eval sets, one forward per image; rows
@@ -316,7 +336,14 @@ def _evaluate(store: Any, out: Path, heads: dict[str, dict[str, Any]], budget: B
         name = f"head:{kind}"
         head, _meta = load_head(rec["file"], base=ckpt)
         extra[name] = head_spec(name, head, label=f"{kind} (head:{rec['version']})")
-        names[name] = (kind, rec)
+        names[name] = (kind, rec, rec["file"])
+        # the same tuned layers read by the other scores, each its own head file
+        variants = _oe_variants(Path(rec["file"])) if kind == "oe" else {}
+        for score, path in variants.items():
+            # one head object for every score: the tuned decoder runs once per image
+            vname = f"head:{kind}-{score}"
+            extra[vname] = replace(head_spec(vname, head), fn=head.scorer(score))
+            names[vname] = (kind, rec, path)
     datasets = []
     for n in EVAL_SETS:
         ds = BenchmarkDataset(roots[n], name=n)
@@ -329,7 +356,9 @@ def _evaluate(store: Any, out: Path, heads: dict[str, dict[str, Any]], budget: B
         for r in rows:
             kind_rec = names.get(r.method)
             stored = f"head:{kind_rec[1]['version']}" if kind_rec else r.method
-            if r.n_images:
+            if kind_rec and kind_rec[2] != kind_rec[1]["file"]:
+                stored = None  # another score of the same version: results.json only
+            if r.n_images and stored:
                 params = (
                     {"kind": kind_rec[0], "head_id": kind_rec[1]["head_id"]} if kind_rec else {}
                 )
@@ -338,7 +367,7 @@ def _evaluate(store: Any, out: Path, heads: dict[str, dict[str, Any]], budget: B
             out_rows.append({
                 "model": MODEL_NAME, "method": r.method, "dataset": r.dataset,
                 "auprc": r.auprc, "fpr95": r.fpr95, "auroc": r.auroc, "n_images": r.n_images,
-                "stored_as": stored, **({"file": kind_rec[1]["file"]} if kind_rec else {}),
+                "stored_as": stored, **({"file": kind_rec[2]} if kind_rec else {}),
             })  # fmt: skip
     return {"rows": out_rows}
 

@@ -119,11 +119,16 @@ class OEHead(nn.Module):
         return self
 
     @torch.no_grad()
-    def anomaly_map(self, prediction: Any) -> np.ndarray:
-        """Prediction (with ERFNet encoder features) -> float32 (H, W), higher = anomalous."""
+    def anomaly_map(self, prediction: Any, score: str | None = None) -> np.ndarray:
+        """Prediction (with ERFNet encoder features) -> float32 (H, W), higher = anomalous;
+        ``score`` overrides the configured one (the tuned logits of the last prediction are
+        kept, so several scores of one image run the decoder once)."""
         from anomseg import scoring
         from anomseg.prediction import Prediction
 
+        score = score or self.score
+        if score not in OE_SCORES:
+            raise CheckpointError(f"outlier-exposure score {score!r}; expected one of {OE_SCORES}")
         feats = prediction.features
         if feats is None or feats.dim() != 3 or feats.shape[0] != ENCODER_CHANNELS:
             got = None if feats is None else tuple(feats.shape)
@@ -132,20 +137,28 @@ class OEHead(nn.Module):
                 f"channel encoder output, but the prediction's features are {got}; use it with "
                 "the ERFNet it was tuned from"
             )
-        param = next(self.parameters())
         H, W = prediction.size
-        logits = self.eval()(feats.unsqueeze(0).to(param.device, param.dtype))[0, :, :H, :W]
-        tuned = Prediction(logits=logits.float(), num_classes=prediction.num_classes)
-        return scoring.score(self.score, tuned).astype(np.float32, copy=False)
+        # the memo holds the features tensor itself: identity cannot be recycled while it lives
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] is feats:
+            tuned = memo[1]
+        else:
+            param = next(self.parameters())
+            logits = self.eval()(feats.unsqueeze(0).to(param.device, param.dtype))[0, :, :H, :W]
+            tuned = Prediction(logits=logits.float(), num_classes=prediction.num_classes)
+            self._memo = (feats, tuned)
+        return scoring.score(score, tuned).astype(np.float32, copy=False)
 
-    def scorer(self) -> Callable[[Any], np.ndarray]:
-        """A scorer ``Prediction -> float32 (H, W)`` (what ``head_scorer`` returns for this kind)."""
+    def scorer(self, score: str | None = None) -> Callable[[Any], np.ndarray]:
+        """A scorer ``Prediction -> float32 (H, W)`` (what ``head_scorer`` returns for this kind);
+        ``score`` picks entropy / maxlogit / energy instead of the configured one."""
+        name = score or self.score
 
-        def score(prediction: Any) -> np.ndarray:
-            return self.anomaly_map(prediction)
+        def fn(prediction: Any) -> np.ndarray:
+            return self.anomaly_map(prediction, name)
 
-        score.__name__ = f"head_oe_{self.score}"
-        return score
+        fn.__name__ = f"head_oe_{name}"
+        return fn
 
     @classmethod
     def from_checkpoint(
