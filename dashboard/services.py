@@ -1066,12 +1066,16 @@ class Services:
                 raise InputError(f"image id {image_id} is not registered (deleted?)")
             full = (int(img.height), int(img.width))
             model_id = catalog.get_model(s, model).id
-        if token is not None and (done := self._saved_flag(token, int(image_id))) is not None:
-            return done
         frame, _ = render.fit_size(full, PAINT_MAX_SIDE)  # what flag_canvas gave the editor
         painted = editor_mask(editor_value, frame_hw=frame)
         mask = mask_to_full_size(painted, full)
         spec = self.method_spec(name, params)
+        if token is not None:
+            done = self._saved_flag(token, int(image_id), mask)
+            if done is not None:
+                return done
+            if self._saved_flag(token, int(image_id), None) is not None:
+                token = None  # other strokes under a stale token: a new save, not a retry
 
         def write(s: Any) -> int:
             f = dbflags.add_flag(
@@ -1091,19 +1095,23 @@ class Services:
             return self.store.transact(write)
         except IntegrityError:
             # a concurrent retry of the same save stored it first
-            done = self._saved_flag(token, int(image_id)) if token is not None else None
+            done = self._saved_flag(token, int(image_id), mask) if token is not None else None
             if done is None:
                 raise
             return done
 
-    def _saved_flag(self, token: str, image_id: int) -> int | None:
-        """The id of the flag a save with ``token`` stored, if any (on this image only)."""
+    def _saved_flag(self, token: str, image_id: int, mask: np.ndarray | None) -> int | None:
+        """The id of the flag a save with ``token`` stored on this image with this ``mask``
+        (any mask when None), or None; a token stored on another image is refused."""
         from sqlalchemy import select
 
+        from db.masks import encode_mask
         from db.models import Flag
 
         with self.store.read() as s:
-            row = s.execute(select(Flag.id, Flag.image_id).where(Flag.uid == token)).first()
+            row = s.execute(
+                select(Flag.id, Flag.image_id, Flag.mask).where(Flag.uid == token)
+            ).first()
         if row is None:
             return None
         if row.image_id != image_id:

@@ -104,6 +104,9 @@ def test_a_retried_save_with_the_same_token_stores_one_flag(svc):
     assert [(fid, uid) for fid, uid, _ in _flags(svc)] == [(first, token)]
     other = _save(svc, [layer], token=uuid.uuid4().hex)  # a new click is a new flag
     assert other != first and len(_flags(svc)) == 2
+    # other strokes sent under the stale token (the page missed the new one) are a new flag
+    repainted = _save(svc, [_layer(576, 1024, (100, 100, 140, 180))], token=token)
+    assert repainted not in (first, other) and len(_flags(svc)) == 3
 
 
 def test_concurrent_retries_of_one_save_store_one_flag(svc):
