@@ -1119,6 +1119,8 @@ class Services:
                 f"flag save token {token!r} was already saved on image #{row.image_id}; "
                 "a new save needs a new token (reload the page)"
             )
+        if mask is not None and bytes(row.mask) != encode_mask(mask):
+            return None
         return int(row.id)
 
     def flags_frame(self, image_id: int | None = None, model: str | None = None):
