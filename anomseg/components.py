@@ -300,8 +300,11 @@ class DeferredComponents:
     needs_threshold = True  # compute() takes the pixel curve's best-F1 threshold
     takes_hints = True  # update() takes the image index and the label's native (H, W)
 
-    def __init__(self, track: str = DEFAULT_TRACK) -> None:
+    def __init__(self, track: str = DEFAULT_TRACK, float16: bool = False) -> None:
         self.track = track
+        # float16: maps kept and thresholded as the official evaluator stores and compares them
+        # (numpy compares a float16 map with a Python float in float16)
+        self.dtype = np.float16 if float16 else np.float32
         self._items: list[tuple[int, np.ndarray, np.ndarray, float]] = []
 
     def __len__(self) -> int:
@@ -319,7 +322,7 @@ class DeferredComponents:
         native_hw: tuple[int, int] | None = None,
     ) -> None:
         """Keep one image's map and label (same (H, W)); ``native_hw`` scales the size filters."""
-        s = np.ascontiguousarray(_np(scores), dtype=np.float32)
+        s = np.ascontiguousarray(_np(scores), dtype=self.dtype)
         lab = np.ascontiguousarray(_np(labels), dtype=np.uint8)
         if s.ndim != 2 or s.shape != lab.shape:
             raise InputError(f"scores {s.shape} and label {lab.shape}; expected one (H, W) each")

@@ -172,7 +172,8 @@ def _pixel_metric(mode: str) -> Any:
 def _component_metric(mode: str) -> Any:
     from anomseg.components import DeferredComponents
 
-    return DeferredComponents()  # the same in every mode: the threshold comes from "pixel"
+    # the threshold comes from "pixel"; smiyc keeps the maps in float16 like the official files
+    return DeferredComponents(float16=mode == "smiyc")
 
 
 register_method_metric("pixel", _pixel_metric)
