@@ -133,7 +133,7 @@ def _rank_main(
             q.put(("result", rows, info))
     except AnomsegError as exc:  # a user error: the parent raises it as one clear message
         q.put(("error", type(exc).__name__, str(exc)))
-        raise
+        raise SystemExit(1) from None  # no traceback from the rank
     finally:
         dist.destroy_process_group()
 
@@ -156,6 +156,7 @@ def evaluate_nproc(
     cancel) stops every rank.
     """
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     from anomseg import errors
 
@@ -197,7 +198,7 @@ def evaluate_nproc(
         while True:
             try:
                 finished = pctx.join(timeout=0.2)
-            except mp.ProcessRaisedException:
+            except ProcessException:  # a rank raised or exited: the others are ended
                 drain()
                 if error is not None:
                     raise getattr(errors, error[0], InputError)(error[1]) from None
