@@ -236,8 +236,22 @@ def fail_stale_jobs(
     return ids
 
 
+def _is_this_process(worker_id: str | None) -> bool:
+    parts = (worker_id or "").split(":")
+    return (
+        len(parts) >= 3
+        and parts[0] == this_host()
+        and parts[1] == str(os.getpid())
+        and parts[2] == boot_id()
+    )
+
+
 def _death_of(job: Job, cutoff: Any) -> str | None:
     """Why a running job's worker is dead, or None while it may be alive."""
+    if _is_this_process(job.worker_id):
+        # we are that process, so it lives: a heartbeat that lagged under load (a busy GIL, a
+        # slow disk) must not make a worker fail its own job
+        return None
     if owner_gone(job.worker_id):
         pid = (job.worker_id or "").split(":")[1]
         return f"worker {job.worker_id} stopped while the job was running (process {pid} is gone)"

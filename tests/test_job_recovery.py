@@ -192,3 +192,12 @@ def test_legacy_worker_ids_still_recover_by_heartbeat(store, tmp_path):
     old = _claimed_by(store, "oldhost:77:1a2b", heartbeat_age_s=600)
     assert q.owner_gone("oldhost:77:1a2b") is False  # another host: only the heartbeat tells
     assert Worker(store, tmp_path, stale_after_s=60).recover() == [old]
+
+
+def test_a_worker_never_reaps_its_own_job_when_its_heartbeat_lags(store, tmp_path):
+    """Under load a heartbeat can lag past a short timeout; the owner process is alive (it is
+    the one reaping), so its job stays running while another owner's stale job is failed."""
+    mine = _claimed_by(store, q.worker_identity("busy"), heartbeat_age_s=30)
+    other = _claimed_by(store, "elsewhere:9:b", heartbeat_age_s=30)
+    assert Worker(store, tmp_path, stale_after_s=1).recover() == [other]
+    assert _job(store, mine).status == "running"
