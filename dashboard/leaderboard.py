@@ -9,6 +9,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from anomseg.errors import AnomsegError
 from dashboard import render
 from dashboard.services import Services
 from dashboard.ui import Context, guarded, progress_html
@@ -148,12 +149,13 @@ def build(ctx: Context) -> None:
         available = {c.name for c in svc.method_choices(row["model"])}
         plain = [n for n in names if ":" not in n or n.startswith("head:")]
         curve_names = [n for n in plain if n in available][:10]
-        fig = render.pr_curves(
-            svc.pr_curves(
+        try:
+            curves_data = svc.pr_curves(
                 row["model"], ds_id, curve_names, progress=lambda f, m: progress(f, desc=m)
-            ),
-            title=f"{row['model']} on {row['dataset']}",
-        )
+            )
+        except AnomsegError:  # external maps (model "external"): no model here to re-score
+            curves_data = []
+        fig = render.pr_curves(curves_data, title=f"{row['model']} on {row['dataset']}")
         md = (
             f"**{row['model']} · {row['method']} · {row['dataset']}**: AuPRC {row['AuPRC']} · "
             f"FPR95 {row['FPR95']} · AUROC {row['AUROC']} · sIoU {row.get('sIoU')} · PPV "

@@ -328,11 +328,12 @@ class Services:
             return self._model_locks.setdefault(model, threading.Lock())
 
     def model_names(self) -> list[str]:
-        """Registered models, by name."""
+        """Registered models that can run, by name (rows of external score maps, architecture
+        ``external``, have no model: they show in the Leaderboard only)."""
         from db import catalog
 
         with self.store.read() as s:
-            return [m.name for m in catalog.list_models(s)]
+            return [m.name for m in catalog.list_models(s) if m.architecture != "external"]
 
     def dataset_choices(self, roles: Sequence[str] | None = None) -> list[tuple[str, int]]:
         """(label, id) of registered datasets that hold images (optionally of some roles)."""

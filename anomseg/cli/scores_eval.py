@@ -50,10 +50,14 @@ def record(store: Any, ds: Any, row: Any, folder: Path) -> int:
                 f"dataset {found[0].name!r} at {root} has role {found[0].role!r}; external maps "
                 "are evaluated on eval datasets only"
             )
-        d = found[0] if found else catalog.register_dataset(
-            s, ds.name, "eval", root, label_remap={str(k): v for k, v in (ds.remap or {}).items()}
-            or None,
-        )  # fmt: skip
+        if found:
+            d = found[0]
+        else:  # as add-dataset does: the dataset and its images (for drill-down thumbnails)
+            d = catalog.register_dataset(
+                s, ds.name, "eval", root, layout="benchmark",
+                label_remap={str(k): v for k, v in (ds.remap or {}).items()} or None,
+            )  # fmt: skip
+            catalog.register_images(s, d, [smp.image_path for smp in ds.samples])
         try:
             m = catalog.get_model(s, EXTERNAL_MODEL)
         except InputError:
