@@ -257,3 +257,24 @@ def test_frame_bins_by_hand():
     assert thr.tolist() == [*f16, low]  # lower bin edges, high to low (top edge max + eps)
     assert pc.tolist() == [1, 1, 1, 0, 0, 0, 0]
     assert nc.tolist() == [0, 0, 0, 1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("mode", ["exact", "streaming"])
+def test_best_f1_threshold_matches_a_brute_force_sweep(mode):
+    from anomseg.metrics import AnomalyMetrics
+
+    rng = np.random.default_rng(5)
+    y = (rng.random(20_000) < 0.1).astype(np.uint8)
+    s = np.round(rng.normal(size=y.size) + 1.2 * y, 2).astype(np.float32)  # many ties
+    m = AnomalyMetrics(mode=mode)
+    m.update(s, y)
+    p = m.best_f1_threshold()
+
+    def f1(thr):
+        pred = s > thr
+        tp = int((pred & (y == 1)).sum())
+        return 2 * tp / (pred.sum() + (y == 1).sum())
+
+    best = max(f1(np.nextafter(u, np.float32(-np.inf))) for u in np.unique(s[y == 1]))
+    # the rule ``score > p`` at the returned p reaches the best F1 of any threshold
+    assert f1(p) == pytest.approx(best, abs=1e-12 if mode == "exact" else 2e-3)

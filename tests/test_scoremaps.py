@@ -189,3 +189,23 @@ def test_round_trip_on_the_real_sets(which, erfnet_checkpoint, tmp_path, request
                         progress=False)  # fmt: skip
     assert f16.auprc == pytest.approx(direct.auprc, abs=2e-3)
     assert f16.fpr95 == pytest.approx(direct.fpr95, abs=2e-3)
+
+
+def test_eval_table_and_csv_carry_component_columns(tmp_path):
+    import csv
+
+    from anomseg.cli.eval_cmd import format_table, write_rows
+    from anomseg.evaluate import EvalRow
+
+    row = EvalRow("RoadAnomaly21", "maxlogit", 0.4, 0.6, 0.78, 10, 1.0,
+                  components={"siou": 0.235, "ppv": 0.1222, "f1_mean": 0.0596,
+                              "component_threshold": -4.887},
+                  protocol={"input_size": "512x1024", "score_size": "label",
+                            "skip_empty": True, "metric_mode": "smiyc"})  # fmt: skip
+    table = format_table([row])
+    assert "sIoU%" in table and " 23.50 " in table and "  5.96 " in table
+    write_rows(tmp_path / "r.csv", [row], {})
+    (got,) = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert float(got["siou"]) == 0.235 and float(got["f1_mean"]) == 0.0596
+    assert got["protocol"].startswith("512x1024 · score@label · skip-empty")
+    assert row.metrics["ppv"] == 0.1222 and row.metrics["auprc"] == 0.4
