@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 from test_dashboard_services import MiniWorkspace, svc, ws  # noqa: F401  (module fixtures)
 
 
@@ -77,3 +78,47 @@ def test_compare_component_view_matches_the_metric(svc, ws):  # noqa: F811
     found = sum(r["counts as"] == "found" for r in rows)
     assert found == int((comp.siou_gt >= 0.5).sum())
     assert f"{found} of {len(comp.siou_gt)} ground-truth components found" in md
+
+
+def test_compare_component_view_of_recorded_external_maps(svc, ws, tmp_path):  # noqa: F811
+    from pathlib import Path
+
+    from anomseg.components import image_components
+    from anomseg.scoremaps import FORMATS
+    from db import catalog
+    from db import results as dbresults
+
+    # maps of an external method for every image of the eval set, recorded like eval --scores
+    with ws.store.read() as s:
+        ds = catalog.get_dataset(s, "mini-eval")
+        root = Path(ds.root)
+    rng = np.random.default_rng(0)
+    for p in sorted((root / "images").glob("*.png")):
+        lab = np.asarray(Image.open(root / "labels_masks" / p.name))
+        FORMATS.get("npy").write(
+            tmp_path / f"{p.stem}.npy",
+            ((lab == 1) + 0.2 * rng.random(lab.shape)).astype(np.float32),
+        )
+
+    def add(s):
+        m = catalog.register_model(s, "external", "external")
+        dbresults.add_eval_result(
+            s,
+            m.id,
+            "theirs",
+            ws.eval_id,
+            {"auprc": 0.9},
+            3,
+            params={"scores_dir": str(tmp_path), "external": True},
+        )
+
+    ws.store.transact(add)
+    assert "external:theirs" in svc.external_methods()
+    assert "external" not in svc.model_names()  # no model to run in Compare
+    name, image_id = svc.image_names(ws.eval_id)[0]
+    rgb, rows, _md = svc.component_view("tiny-erfnet", image_id, "external:theirs", quantile=0.9)
+    amap = np.load(tmp_path / f"{Path(name).stem}.npy")
+    lab = np.asarray(Image.open(root / "labels_masks" / name))
+    comp = image_components(amap, lab, float(np.quantile(amap, 0.9)), 500, 100)
+    assert sum(r["component"].startswith("GT") for r in rows) == len(comp.siou_gt)
+    assert sum(r["component"].startswith("pred") for r in rows) == len(comp.pred_ids)
