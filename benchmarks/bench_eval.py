@@ -95,15 +95,27 @@ def pixel_metrics_only():
         ev.METHOD_METRICS.update(saved)
 
 
-def best_of(repeat: int, fn):
-    """(result of the fastest run, its wall seconds)."""
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its reaped children (loader workers)."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+CPU: dict[str, float] = {}
+
+
+def best_of(repeat: int, fn, name: str = ""):
+    """(result of the fastest run, its wall seconds); its CPU seconds go to ``CPU[name]``."""
     best = None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         out = fn()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, cpu_seconds() - c0
         if best is None or dt < best[1]:
             best = (out, dt)
+            CPU[name] = dc
     return best
 
 
@@ -111,7 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default="msp,maxlogit,entropy,energy")
     ap.add_argument("--quick", action="store_true", help="3 images, no seed loop")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per timing, the fastest is kept")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per timing, the fastest is kept")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers (as anomseg eval)")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -143,7 +155,7 @@ def main() -> None:
         for a in arrays:
             predictor.forward_arrays([a], [{}])
 
-    _, t_fwd = best_of(args.repeat, forward_only)
+    _, t_fwd = best_of(args.repeat, forward_only, "fwd")
 
     def run(per_image: bool, overlap: bool = True):
         return lambda: evaluate(
@@ -151,13 +163,13 @@ def main() -> None:
             num_workers=args.workers,
         )  # fmt: skip
 
-    rows, t_full = best_of(args.repeat, run(True))
-    _, t_lean = best_of(args.repeat, run(False))
-    _, t_serial = best_of(args.repeat, run(True, overlap=False))
+    rows, t_full = best_of(args.repeat, run(True), "full")
+    _, t_lean = best_of(args.repeat, run(False), "lean")
+    _, t_serial = best_of(args.repeat, run(True, overlap=False), "serial")
     with pixel_metrics_only():
-        _, t_px_full = best_of(args.repeat, run(True))
-        _, t_px_lean = best_of(args.repeat, run(False))
-        _, t_px_serial = best_of(args.repeat, run(True, overlap=False))
+        _, t_px_full = best_of(args.repeat, run(True), "px_full")
+        _, t_px_lean = best_of(args.repeat, run(False), "px_lean")
+        _, t_px_serial = best_of(args.repeat, run(True, overlap=False), "px_serial")
     others = [k for k in ev.METHOD_METRICS if k != "pixel"]
 
     # the exact metric's sort: np.sort vs torch.sort of the same int32 keys
@@ -169,19 +181,28 @@ def main() -> None:
     _, t_torch = best_of(3, lambda: torch.sort(torch.from_numpy(keys)))
 
     others = "+".join(["pixel", *others]) if others else "pixel"
-    print(f"\n{'':40s}{others + ' metrics':>20s}{'pixel metrics only':>20s}")
-    print(f"{'':40s}{'wall s  x forward':>20s}{'wall s  x forward':>20s}")
-    print(f"{'forward only (decoded images, baseline)':40s}{t_fwd:9.2f}{1.0:11.2f}")
-    for name, t_all, t_px in (
-        ("eval, per-image values", t_full, t_px_full),
-        ("eval, no per-image values", t_lean, t_px_lean),
-        ("eval, per-image, overlap off (baseline)", t_serial, t_px_serial),
+    # on a loaded machine wall time measures the CPU share a run wins (more threads, more
+    # share) as much as its speed; CPU seconds (all threads and loader workers) measure the work
+    c_fwd = CPU["fwd"]
+    print(f"\n{'':40s}{others + ' metrics':>36s}{'pixel metrics only':>36s}")
+    print(f"{'':40s}{'wall s  x fwd   CPU s  x fwd':>36s}{'wall s  x fwd   CPU s  x fwd':>36s}")
+    print(f"{'forward only (decoded images, baseline)':40s}{t_fwd:14.2f}{1.0:7.2f}"
+          f"{c_fwd:8.2f}{1.0:7.2f}")  # fmt: skip
+    for name, t_all, t_px, k in (
+        ("eval, per-image values", t_full, t_px_full, "full"),
+        ("eval, no per-image values", t_lean, t_px_lean, "lean"),
+        ("eval, per-image, overlap off (baseline)", t_serial, t_px_serial, "serial"),
     ):
-        print(f"{name:40s}{t_all:9.2f}{t_all / t_fwd:11.2f}{t_px:9.2f}{t_px / t_fwd:11.2f}")
+        c_all, c_px = CPU[k], CPU["px_" + k]
+        print(f"{name:40s}{t_all:14.2f}{t_all / t_fwd:7.2f}{c_all:8.2f}{c_all / c_fwd:7.2f}"
+              f"{t_px:14.2f}{t_px / t_fwd:7.2f}{c_px:8.2f}{c_px / c_fwd:7.2f}")  # fmt: skip
     print(
         f"\nratio eval / forward only: {t_full / t_fwd:.2f}x with per-image values, "
         f"{t_lean / t_fwd:.2f}x without (goal <= 1.1); pixel metrics only: "
         f"{t_px_full / t_fwd:.2f}x / {t_px_lean / t_fwd:.2f}x\n"
+        f"CPU seconds eval / forward only: {CPU['full'] / c_fwd:.2f}x with per-image values, "
+        f"{CPU['lean'] / c_fwd:.2f}x without (pixel metrics only "
+        f"{CPU['px_full'] / c_fwd:.2f}x / {CPU['px_lean'] / c_fwd:.2f}x)\n"
         f"overlap: serial / overlapped = {t_serial / t_full:.2f}x "
         f"(pixel metrics only {t_px_serial / t_px_full:.2f}x)\n"
         f"exact-metric sort of {len(keys) / 1e6:.1f} M keys: torch.sort {t_torch:.3f} s, "
