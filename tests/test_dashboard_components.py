@@ -122,3 +122,27 @@ def test_compare_component_view_of_recorded_external_maps(svc, ws, tmp_path):  #
     comp = image_components(amap, lab, float(np.quantile(amap, 0.9)), 500, 100)
     assert sum(r["component"].startswith("GT") for r in rows) == len(comp.siou_gt)
     assert sum(r["component"].startswith("pred") for r in rows) == len(comp.pred_ids)
+
+
+def test_evaluate_job_stores_component_metrics_and_the_protocol_card(svc, ws):  # noqa: F811
+    from test_dashboard_services import _drain_queue, _run_one_job
+
+    from anomseg.protocol import FIELDS
+    from db.jobs import enqueue_job
+    from db.models import EvalResult
+
+    _drain_queue(ws)
+    job = ws.store.transact(
+        lambda s: enqueue_job(s, "evaluate", {"model": "tiny-erfnet", "methods": ["msp"]}).id
+    )
+    assert _run_one_job(ws) == job
+    df = svc.leaderboard_frame(datasets=["mini-eval"])
+    rid = int(df[(df["model"] == "tiny-erfnet") & (df["method"] == "msp")]["result"].max())
+    with ws.store.read() as s:
+        res = s.get(EvalResult, rid)
+        metrics, params, per = res.metrics, res.params, res.per_image
+    for key in ("siou", "ppv", "f1_mean", "f1_50", "n_gt", "n_pred", "component_threshold"):
+        assert key in metrics
+    assert set(params["protocol"]) == set(FIELDS)
+    assert params["protocol"]["input_size"] == "64x128" and params["protocol"]["source"] == "model"
+    assert all("siou" in p for p in per)
