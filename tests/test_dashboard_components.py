@@ -146,3 +146,31 @@ def test_evaluate_job_stores_component_metrics_and_the_protocol_card(svc, ws):  
     assert set(params["protocol"]) == set(FIELDS)
     assert params["protocol"]["input_size"] == "64x128" and params["protocol"]["source"] == "model"
     assert all("siou" in p for p in per)
+
+
+def test_trainer_head_evaluation_reports_component_metrics(ws):  # noqa: F811
+    from anomseg.components import ComponentMetrics
+    from anomseg.data.benchmark import BenchmarkDataset
+    from anomseg.metrics import AnomalyMetrics
+    from anomseg.models.heads import head_scorer, load_head
+    from db import catalog
+    from training.trainer import evaluate_head
+
+    head, _meta = load_head(ws.heads_dir / "v1.safetensors")
+    with ws.store.read() as s:
+        root = catalog.get_dataset(s, "mini-eval").root
+    ds = BenchmarkDataset(root)
+    predictor = ws.predictor("tiny-erfnet")
+    out = evaluate_head(head, predictor, ds)["metrics"]
+    # the same numbers from the metric objects directly
+    score, pix, pairs = head_scorer(head), AnomalyMetrics(), []
+    for _n, pred, label in predictor.predict_dataset(ds):
+        s = score(pred)
+        pix.update(s, label)
+        pairs.append((s, label))
+    comp = ComponentMetrics(pix.best_f1_threshold())
+    for s, label in pairs:
+        comp.update(s, label)
+    ref = comp.compute()
+    np.testing.assert_equal({k: out[k] for k in ref}, ref)  # NaN where no component
+    assert out["auprc"] == pix.compute()["auprc"] and out["n_gt"] > 0

@@ -321,13 +321,17 @@ def _eval_datasets(session: Any) -> list[dict[str, Any]]:
 def evaluate_head(
     head: Head, predictor: Any, dataset: Any, skip_without_anomaly: bool = True
 ) -> dict[str, Any]:
-    """AuPRC / FPR95 / AUROC of a head on one benchmark (the ``anomseg.evaluate`` protocol)."""
+    """AuPRC / FPR95 / AUROC and SegmentMeIfYouCan's component metrics (sIoU, PPV, mean F1)
+    of a head on one benchmark (the ``anomseg.evaluate`` protocol)."""
+    from anomseg.components import DeferredComponents
     from anomseg.imageio import resize_label
     from anomseg.metrics import AnomalyMetrics
     from anomseg.models.heads import head_scorer
 
     score = head_scorer(head)
     metrics = AnomalyMetrics(mode="exact")
+    components = DeferredComponents()
+    components.for_dataset(dataset.name)
     used = skipped = 0
     for _name, pred, label in predictor.predict_dataset(dataset):
         if label is None:
@@ -337,9 +341,16 @@ def evaluate_head(
             skipped += 1
             continue
         used += 1
-        metrics.update(score(pred), lab)
+        s = score(pred)
+        metrics.update(s, lab)
+        hw = (getattr(pred, "meta", None) or {}).get("image_size")
+        components.update(s, lab, index=used, native_hw=hw)
     res = metrics.compute() if used else {}
     out = {k: float(res[k]) for k in ("auprc", "fpr95", "auroc") if k in res}
+    if used:  # at the best pixel-F1 threshold, as the benchmark
+        comp = components.compute(metrics.best_f1_threshold())
+        comp.pop("per_image", None)
+        out.update(comp)
     return {"metrics": out, "n_images": used, "n_skipped": skipped}
 
 
