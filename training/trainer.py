@@ -522,7 +522,11 @@ def train_head(
                         e["dataset_id"],
                         e["metrics"],
                         e["n_images"],
-                        params={"kind": config.head, "head_id": head_id},
+                        params={
+                            "kind": config.head,
+                            "head_id": head_id,
+                            "protocol": e.get("protocol"),
+                        },
                         seconds=e["seconds"],
                     )
             set_head_metrics(s, head_id, summary)
@@ -556,6 +560,23 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "model"
 
 
+def _protocol(frozen: FrozenModel, bench: Any) -> dict[str, Any]:
+    """The protocol card of a head evaluation (``anomseg.protocol``)."""
+    from anomseg.components import track_for
+    from anomseg.protocol import card, dataset_sha256
+
+    return card(
+        input_size=getattr(frozen.get_predictor(), "input_size", None),
+        score_size="input",
+        skip_empty=True,
+        label_remap=bench.remap,
+        metric_mode="exact",
+        track=track_for(bench.name),
+        checkpoint_sha256=frozen.checkpoint_sha256 or "",
+        dataset_sha256=dataset_sha256(bench),
+    )
+
+
 def _evaluate_one(head: Head, frozen: FrozenModel, ds: dict[str, Any]) -> dict[str, Any]:
     from anomseg.data.benchmark import BenchmarkDataset
     from anomseg.errors import AnomsegError
@@ -565,6 +586,7 @@ def _evaluate_one(head: Head, frozen: FrozenModel, ds: dict[str, Any]) -> dict[s
         remap = {int(k): int(v) for k, v in ds["remap"].items()} if ds.get("remap") else "auto"
         bench = BenchmarkDataset(ds["root"], remap=remap, name=ds["name"])
         res = evaluate_head(head, frozen.get_predictor(), bench)
+        res["protocol"] = _protocol(frozen, bench)
     except AnomsegError as exc:
         return {
             "dataset": ds["name"],
