@@ -226,7 +226,7 @@ def export_scores(
             file=sys.stderr,
         )  # fmt: skip
     ):
-        hw = (pred.meta or {}).get("image_size") or dataset.read_label(i).shape
+        hw = (pred.meta or {}).get("image_size") or dataset.read_image(i).shape[:2]
         for canon, sname, params in specs:
             s = resize_scores(method_scores(sname, params, pred, extra), tuple(hw))
             path = form.path(Path(out), canon, ds_name, frame)
@@ -234,3 +234,26 @@ def export_scores(
             n_files += 1
             n_bytes += path.stat().st_size
     return {"files": n_files, "bytes": n_bytes, "dataset": ds_name, "format": fmt}
+
+
+def images_only(root: str | os.PathLike) -> Any:
+    """A dataset of ``<root>/images/*`` without labels (a benchmark's test split, what a
+    submission covers): export-scores needs only the images."""
+    from anomseg.data.benchmark import PairedDataset, Sample, list_images
+    from anomseg.errors import DatasetError
+
+    class ImagesOnly(PairedDataset):
+        def __init__(self, root: Path) -> None:
+            self.root, self.name, self.size, self.max_pixels = root, root.name, None, None
+            self.remap = None
+            if not (root / "images").is_dir():
+                raise DatasetError(f"{root}: no images/ folder (expected <root>/images/*)")
+            files = list_images(root / "images")
+            if not files:
+                raise DatasetError(f"{root / 'images'}: no images found")
+            self.samples = [Sample(p.stem, p, None) for p in files]
+
+        def _check_values(self, label: np.ndarray, path: Path) -> np.ndarray:
+            return label
+
+    return ImagesOnly(Path(root))

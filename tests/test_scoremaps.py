@@ -209,3 +209,25 @@ def test_eval_table_and_csv_carry_component_columns(tmp_path):
     assert float(got["siou"]) == 0.235 and float(got["f1_mean"]) == 0.0596
     assert got["protocol"].startswith("512x1024 · score@label · skip-empty")
     assert row.metrics["ppv"] == 0.1222 and row.metrics["auprc"] == 0.4
+
+
+def test_cli_export_scores_on_an_unlabelled_test_split(tmp_path, capsys):
+    """A submission covers a test split without labels: every image gets a native-size map."""
+    (tmp_path / "test" / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+            tmp_path / "test" / "images" / f"f{i}.jpg"
+        )
+    out = tmp_path / "subm"
+    rc = main(["export-scores", "--model", "erfnet", "--input-size", "32x64", "--methods",
+               "msp,maxlogit", "--dataset", str(tmp_path / "test"), "--out", str(out),
+               "--no-progress"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.hdf5"))
+    assert files == [f"anomaly_p/{m}/test/f{i}.hdf5" for m in ("maxlogit", "msp") for i in (0, 1)]
+    with h5py.File(out / files[0], "r") as f:
+        assert f["value"].shape == (48, 64) and f["value"].dtype == np.float16
+    assert main(["export-scores", "--model", "erfnet", "--dataset", str(tmp_path / "test"),
+                 "--out", str(out), "--format", "png"]) == 2  # fmt: skip
+    assert "--format 'png'; expected one of" in capsys.readouterr().err

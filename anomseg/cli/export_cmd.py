@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--dataset", action="append", required=True, metavar="PATH",
-        help="benchmark root with images/ (and labels_masks/) (repeatable)",
+        help="benchmark root with images/ (labels_masks/ optional: test splits) (repeatable)",
     )  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--format", default="smiyc", help="smiyc (official HDF5 layout) or npy")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from anomseg.evaluate import parse_methods
     from anomseg.models.registry import create_model
     from anomseg.predict import Predictor, resolve_device
-    from anomseg.scoremaps import describe_bytes, export_scores, get_format
+    from anomseg.scoremaps import describe_bytes, export_scores, get_format, images_only
 
     get_format(args.format)
     size = parse_size(args.input_size)
@@ -66,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 0:
         raise InputError("--batch-size must be >= 1 and --workers >= 0")
     remap = parse_remap(args.remap)
-    datasets = [BenchmarkDataset(p, remap=remap) for p in args.dataset]
+    # a test split without labels_masks/ (what a submission covers) needs only its images
+    datasets = [
+        BenchmarkDataset(p, remap=remap) if (Path(p) / "labels_masks").is_dir() else images_only(p)
+        for p in args.dataset
+    ]
     if args.checkpoint is None:
         print(f"warning: no --checkpoint given; {args.model} runs with its initial weights",
               file=sys.stderr)  # fmt: skip
