@@ -183,7 +183,12 @@ def main() -> None:
     others = "+".join(["pixel", *others]) if others else "pixel"
     # on a loaded machine wall time measures the CPU share a run wins (more threads, more
     # share) as much as its speed; CPU seconds (all threads and loader workers) measure the work
-    c_fwd = CPU["fwd"]
+    # the baseline again after the evaluations: the load drifts, the mean of both brackets them
+    _, t_fwd_end = best_of(args.repeat, forward_only, "fwd_end")
+    print(f"forward only: {t_fwd:.2f} s before the evaluations, {t_fwd_end:.2f} s after "
+          f"(load average {os.getloadavg()[0]:.2f}); their mean is the baseline")  # fmt: skip
+    t_fwd = (t_fwd + t_fwd_end) / 2
+    c_fwd = (CPU["fwd"] + CPU["fwd_end"]) / 2
     print(f"\n{'':40s}{others + ' metrics':>36s}{'pixel metrics only':>36s}")
     print(f"{'':40s}{'wall s  x fwd   CPU s  x fwd':>36s}{'wall s  x fwd   CPU s  x fwd':>36s}")
     print(f"{'forward only (decoded images, baseline)':40s}{t_fwd:14.2f}{1.0:7.2f}"
