@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--out", help="write rows to a .json or .csv file (values as fractions)")
     p.add_argument(
-        "--batch-size", type=parse_batch_size, default=1,
+        "--batch-size", default="1",
         help="images per forward, or 'auto' (from free GPU memory; 1 on CPU)",
     )  # fmt: skip
     p.add_argument(
@@ -100,7 +100,7 @@ def parse_batch_size(text: str) -> int | str:
     if t == "auto":
         return t
     if not t.isdigit() or int(t) < 1:
-        raise InputError(f"--batch-size {text!r}; expected a positive integer or 'auto'")
+        raise InputError(f"--batch-size {text}; expected a positive integer or 'auto'")
     return int(t)
 
 
@@ -375,8 +375,7 @@ def run(args: argparse.Namespace) -> int:
     parse_methods(methods, extra)
     check_metric_mode(args.metric_mode)
     out = check_out(args.out)
-    if args.batch_size != "auto" and args.batch_size < 1:
-        raise InputError(f"--batch-size {args.batch_size}; expected >= 1 or 'auto'")
+    args.batch_size = parse_batch_size(args.batch_size)
     from anomseg.distributed import env_rank_world, evaluate_nproc, init_from_env, rank_device
 
     nproc = getattr(args, "nproc", 1)
