@@ -52,7 +52,9 @@ def test_recipe_real_end_to_end_resumes_and_its_heads_score_in_eval(
     capsys.readouterr()
     assert main(["recipe", "real", "--shared", str(shared), "--out", str(out), *TINY]) == 0
     again = capsys.readouterr().out
-    for step in ("workspace", "samples", "train:stats", "train:features", "train:oe", "evaluate"):
+    steps = ("workspace", "eval-images", "samples", "train:stats", "train:features", "train:oe",
+             "evaluate")  # fmt: skip
+    for step in steps:
         assert f"[skip] {step}" in again
     assert json.loads((out / "results.json").read_text())["rows"] == doc["rows"]
     from db import heads as dbheads

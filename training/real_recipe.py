@@ -31,6 +31,13 @@ EVAL_SETS = ("RoadAnomaly21", "fs_static")
 COCO_FILES = (("mini_a", "train2017"), ("mini_b", "train2017"), ("mini_a", "val2017"),
               ("mini_b", "val2017"))  # fmt: skip
 POSTHOC = ("msp", "maxlogit", "entropy", "energy")
+# paste placements (PlacementConfig fields): "large" = objects up to 60 % of the image height
+# near the bottom, up to 30 % of its area, every paste lightness-matched, 3 px feathered rim
+PASTES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "large": {"height_top": 0.05, "height_bottom": 0.6, "area_ratio": [0.0005, 0.3],
+              "photometric_prob": 1.0, "feather": 3.0},
+}  # fmt: skip
 Say = Callable[[str], None]
 
 
@@ -164,6 +171,22 @@ def run_real_recipe(
                 return {"model_id": m.id, "eval_dataset_ids": ids}
 
         _timed(state, "workspace", say, setup)
+
+        def eval_images() -> dict[str, Any]:
+            # hashed and sized in the catalog, so the app's tabs can open them
+            from anomseg.data.benchmark import BenchmarkDataset
+
+            n = {}
+            with store.session() as s:
+                for name in EVAL_SETS:
+                    row = catalog.get_dataset(s, name)
+                    paths_ = [
+                        smp.image_path for smp in BenchmarkDataset(row.root, name=name).samples
+                    ]
+                    n[name] = len(catalog.register_images(s, row, paths_))
+            return {"images": n}
+
+        _timed(state, "eval-images", say, eval_images)
         _timed(state, "samples", say, lambda: _samples(store, ws, paths, budget, say))
         predictor = _predictor(store)
         heads: dict[str, dict[str, Any]] = {}

@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--oe-stage", default=None, choices=("classifier", "last", "decoder"),
         help="ERFNet decoder layers outlier exposure fine-tunes",
     )  # fmt: skip
+    p.add_argument(
+        "--pastes", default="default", choices=("default", "large"),
+        help="paste placement: default, or large objects (up to 60%% of the image height)",
+    )  # fmt: skip
     p.add_argument("--input-size", default="512x1024", metavar="HxW", help="model input size")
     p.add_argument("--eval-limit", type=int, default=None, help="first N images per eval set")
     p.add_argument("--seed", type=int, default=0)
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from anomseg.cli.eval_cmd import parse_size
     from anomseg.errors import InputError
-    from training.real_recipe import Budget, format_results, run_real_recipe
+    from training.real_recipe import PASTES, Budget, format_results, run_real_recipe
 
     size = parse_size(args.input_size)
     if not isinstance(size, tuple):
@@ -55,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--shared {shared}: folder not found (expected the shared data folder)")
     budget = Budget(
         samples=args.samples, head_epochs=args.epochs, oe=oe, input_size=size,
+        placement=dict(PASTES[args.pastes]),
         eval_limit=args.eval_limit, seed=args.seed,
     )  # fmt: skip
     doc = run_real_recipe(shared, args.out, budget)
