@@ -67,6 +67,26 @@ def build_app(workspace: Any, services: Services | None = None) -> gr.Blocks:
         # Everything shown comes from the database: each page load and each tab switch re-reads
         # it, so two browsers (or a CLI run) see each other's changes.
         app.load(header, None, status, api_name=False)
+
+        # models and datasets registered while the app runs (add-model / add-dataset from a
+        # shell) appear in the lists on the next page load, not only after a restart
+        @guarded
+        def catalogue(m, ds, rm):
+            models = svc.model_names()
+            datasets = svc.dataset_choices()
+            ids = [i for _label, i in datasets]
+
+            def pick(cur, opts):
+                return cur if cur in opts else (opts[0] if opts else None)
+
+            return (
+                gr.update(choices=models, value=pick(m, models)),
+                gr.update(choices=datasets, value=pick(ds, ids)),
+                gr.update(choices=models, value=pick(rm, models)),
+            )
+
+        lists = [ctx["compare.model"], ctx["compare.dataset"], ctx["retrain.model"]]
+        app.load(catalogue, lists, lists, api_name=False)
         cmp_dataset = ctx["compare.dataset"]
         app.load(
             ctx["compare.on_dataset"],
@@ -86,6 +106,7 @@ def build_app(workspace: Any, services: Services | None = None) -> gr.Blocks:
         _wire(app.load, "leaderboard.heads")
         _wire(app.load, "curate.list")
         _wire(flag_tab.select, "flag.refresh")
+        _wire(flag_tab.select, "flag.all")
         _wire(curate_tab.select, "curate.list")
         _wire(retrain_tab.select, "retrain.overview")
         _wire(lb_tab.select, "leaderboard.load")

@@ -57,6 +57,10 @@ def build(ctx: Context) -> None:
             list(FLAG_KIND_LABELS), value="false positive", label="Kind", elem_id="flag-kind"
         )
         load_btn = gr.Button("Load map into the editor", elem_id="flag-load")
+    editor_info = gr.Markdown(
+        "The editor is empty: open an image in Compare, then load a method's map.",
+        elem_id="flag-editor-info",
+    )
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             editor = gr.ImageEditor(
@@ -127,7 +131,15 @@ def build(ctx: Context) -> None:
             raise InputError("no image open: pick or upload one in the Compare tab first")
         if not name:
             raise InputError("pick the method whose map you want to flag")
-        return svc.flag_canvas(m, int(img), name, params_dict(params, pvals))
+        canvas = svc.flag_canvas(m, int(img), name, params_dict(params, pvals))
+        view = svc.load_view(m, int(img))
+        label = {c.name: c.label for c in svc.method_choices(m)}.get(name, name)
+        # say which map is being painted: the editor itself shows no names
+        info = (
+            f"Editor: the **{label}** map of **#{view.image_id} {view.name}** "
+            f"({view.dataset}, {view.role}) by model **{m}**"
+        )
+        return canvas, info
 
     @guarded
     def refresh(img):
@@ -135,7 +147,9 @@ def build(ctx: Context) -> None:
             return None, EMPTY_FLAGS
         return svc.flags_overlay(int(img)), svc.flags_frame(int(img))
 
-    load_btn.click(load_map, [model, image_id, method, *sliders], editor, api_name=False).then(
+    load_btn.click(
+        load_map, [model, image_id, method, *sliders], [editor, editor_info], api_name=False
+    ).then(
         refresh, image_id, [overlay, flags], api_name=False
     )
     image_id.change(refresh, image_id, [overlay, flags], api_name=False)
@@ -169,7 +183,7 @@ def build(ctx: Context) -> None:
             new_token(),
         )
 
-    ctx.then_refresh_header(
+    saved = ctx.then_refresh_header(
         save_btn.click(
             save,
             [model, image_id, method, kind, editor, note, token, *sliders],
@@ -196,7 +210,7 @@ def build(ctx: Context) -> None:
         gr.Info(f"Flag #{int(fid)} updated.")
         return refresh(img)
 
-    update_btn.click(
+    updated = update_btn.click(
         update, [image_id, sel_id, sel_kind, edit_note], [overlay, flags], api_name=False
     )
 
@@ -209,7 +223,7 @@ def build(ctx: Context) -> None:
         ov, df = refresh(img)
         return ov, df, 0, ""
 
-    ctx.then_refresh_header(
+    deleted = ctx.then_refresh_header(
         delete_btn.click(
             delete, [image_id, sel_id], [overlay, flags, sel_id, edit_note], api_name=False
         )
@@ -221,6 +235,20 @@ def build(ctx: Context) -> None:
 
     check_btn.click(check_store, None, quarantine, api_name=False)
 
+    # every flag of the store, not only the open image's: what has been flagged, where, by whom
+    with gr.Accordion("All flags in the store (newest first)", open=True):
+        all_table = gr.Dataframe(
+            EMPTY_FLAGS, interactive=False, max_height=320, elem_id="flag-all"
+        )
+
+    @guarded
+    def all_flags():
+        return svc.flags_frame()
+
+    for done in (saved, updated, deleted):
+        done.then(all_flags, None, all_table, api_name=False)
+
+    ctx["flag.all"] = (all_flags, None, all_table)
     ctx["flag.method"] = method
-    ctx["flag.load"] = (load_map, [model, image_id, method, *sliders], editor)
+    ctx["flag.load"] = (load_map, [model, image_id, method, *sliders], [editor, editor_info])
     ctx["flag.refresh"] = (refresh, image_id, [overlay, flags])

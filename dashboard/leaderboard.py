@@ -11,6 +11,7 @@ import pandas as pd
 
 from anomseg.errors import AnomsegError
 from dashboard import render
+from dashboard.ranking import rank_and_mark
 from dashboard.services import Services
 from dashboard.ui import Context, guarded, progress_html
 
@@ -83,7 +84,8 @@ def build(ctx: Context) -> None:
 
     @guarded
     def load(ms, ds, meth, met):
-        df = svc.leaderboard_frame(ms or None, ds or None, meth or "")
+        # rank within each dataset and mark the best per metric: the table answers "which is best"
+        df = rank_and_mark(svc.leaderboard_frame(ms or None, ds or None, meth or ""))
         all_ds = sorted(svc.leaderboard_frame()["dataset"].unique().tolist())
         return df, render.metric_bars(df, met or "AuPRC"), gr.update(choices=all_ds)
 

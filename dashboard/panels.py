@@ -22,10 +22,13 @@ from dashboard import render
 
 # js_on_load of the gr.HTML: a click on a figure selects that method for the full-size view
 PANELS_JS = """
-element.addEventListener('click', (e) => {
-  const f = e.target.closest('[data-method]');
-  if (f) trigger('select', {index: Number(f.dataset.index), value: f.dataset.method});
-});
+if (!element.dataset.anomsegWired) {  // once per element: a re-render must not add listeners
+  element.dataset.anomsegWired = '1';
+  element.addEventListener('click', (e) => {
+    const f = e.target.closest('[data-method]');
+    if (f) trigger('select', {index: Number(f.dataset.index), value: f.dataset.method});
+  });
+}
 """
 
 

@@ -78,11 +78,49 @@ def _tab(page, name):
 
 def _compare_first_image(page):
     page.locator("#compare-gallery .thumbnail-item").first.click()
-    page.wait_for_selector("#compare-panels .thumbnail-item")
+    page.wait_for_selector("#compare-panels figure")
 
 
 def _checked_methods(page):
     return page.locator("#compare-methods input[type=checkbox]:checked").count()
+
+
+def _assert_panels_read_at_a_glance(page, n):
+    """Every panel whole and on screen at its image's aspect ratio, its caption in full (never
+    cut or scrolled), a colour bar with both end values and a unit under each."""
+    info = page.evaluate(
+        """() => [...document.querySelectorAll('#compare-panels figure')].map(f => {
+            const img = f.querySelector('img'), cap = f.querySelector('figcaption');
+            const r = img.getBoundingClientRect(), c = cap.getBoundingClientRect();
+            const bar = f.querySelector('.anomseg-cbar-ramp').getBoundingClientRect();
+            const st = getComputedStyle(cap);
+            return {w: r.width, h: r.height, nw: img.naturalWidth, nh: img.naturalHeight,
+                    right: Math.max(r.right, c.right), vw: document.documentElement.clientWidth,
+                    capScroll: cap.scrollWidth - cap.clientWidth, capH: c.height,
+                    overflow: st.overflow + st.textOverflow + st.whiteSpace,
+                    bar: bar.width, lo: f.querySelector('.anomseg-cbar-lo').innerText,
+                    hi: f.querySelector('.anomseg-cbar-hi').innerText,
+                    unit: f.querySelector('.anomseg-cbar-unit').innerText,
+                    cap: cap.innerText};
+        })"""
+    )
+    assert len(info) == n
+    for p in info:
+        assert p["nw"] > 0 and abs(p["h"] / p["w"] - p["nh"] / p["nw"]) < 0.02, p  # no letterbox
+        assert p["right"] <= p["vw"] + 1, p  # nothing cut off at the right
+        assert p["capScroll"] <= 0 and p["capH"] > 0 and "ellipsis" not in p["overflow"], p
+        assert "…" not in p["cap"] and "AuPRC" in p["cap"] and "FPR95" in p["cap"], p
+        assert p["bar"] > 50 and p["lo"] and p["hi"] and p["lo"] != p["hi"] and p["unit"], p
+    # the panel box never scrolls by itself: its content is as tall as it is
+    scroll = page.evaluate(
+        "() => { const e = document.querySelector('#compare-panels');"
+        " return e.scrollHeight - e.clientHeight; }"
+    )
+    assert scroll <= 1
+
+
+def _header_text(page):
+    return page.locator("#anomseg-status").inner_text()
 
 
 def _cell(page, elem_id, row, col):
@@ -143,10 +181,11 @@ def test_compare_shows_a_panel_per_method(app_server, browser):
     assert n_methods >= 4  # msp, maxlogit, entropy, energy at least
     _compare_first_image(page)
     page.wait_for_function(
-        f"document.querySelectorAll('#compare-panels .thumbnail-item').length == {n_methods}"
+        f"document.querySelectorAll('#compare-panels figure').length == {n_methods}"
     )
-    captions = page.locator("#compare-panels .caption-label").all_inner_texts()
-    assert len(captions) == n_methods and all("AuPRC" in c for c in captions)
+    captions = page.locator("#compare-panels figcaption").all_inner_texts()
+    assert len(captions) == n_methods and all("AuPRC" in c and "FPR95" in c for c in captions)
+    _assert_panels_read_at_a_glance(page, n_methods)
     # the per-image table has one row per method
     _cell(page, "compare-table", n_methods - 1, 0)
     # a slider move re-renders (no model run): the notes line reports the render time
@@ -163,6 +202,10 @@ def test_painting_a_false_positive_stores_a_flag(app_server, browser):
     ctx, page = _open(browser, url)
     _compare_first_image(page)
     before = _flags(ws)
+    page.wait_for_function(
+        "(n) => document.querySelector('#anomseg-status').innerText.includes(n + ' flags')",
+        arg=str(len(before)),
+    )
     _load_flag_editor(page)
     _paint(page)
     page.locator("#flag-note textarea").fill("browser test")
@@ -172,11 +215,24 @@ def test_painting_a_false_positive_stores_a_flag(app_server, browser):
     )
     after = _flags(ws)
     assert len(after) == len(before) + 1
+    # the header's count follows without a reload
+    page.wait_for_function(
+        "(n) => document.querySelector('#anomseg-status').innerText.includes(n + ' flags')",
+        arg=str(len(after)),
+    )
     new = [f for f in after if f not in before][0]
     assert new[1] == "false_positive" and new[3] > 100
-    # the new flag is listed under the editor
+    # the new flag is listed under the editor and in the list of all flags
     _cell(page, "flag-table", 0, 0)
     assert str(new[0]) in page.locator("#flag-table").inner_text()
+    _cell(page, "flag-all", 0, 0)
+    page.wait_for_function(
+        "(i) => document.querySelector('#flag-all').innerText.includes(i)", arg=str(new[0])
+    )
+    # the editor says which image and method it shows
+    image_id = page.locator("#compare-image-id input").input_value()
+    info = page.locator("#flag-editor-info").inner_text()
+    assert f"#{image_id} " in info and "map of" in info, info
     ctx.close()
 
 
@@ -223,6 +279,133 @@ def test_uploading_a_non_image_gives_a_specific_message(app_server, browser, tmp
     page.locator("#compare-upload input[type=file]").set_input_files(str(bad))
     page.get_by_text("not a readable image").first.wait_for()
     assert sorted(Path(ws.uploads_dir).iterdir()) == uploads_before
+    # the reason names the user's file, never the server's temporary copy, and the upload box
+    # is not left in an error state
+    page.wait_for_function(
+        "document.querySelector('#compare-image-info').innerText.includes('not a readable')"
+    )
+    info = page.locator("#compare-image-info").inner_text()
+    assert "notes.png" in info and "/tmp" not in info and "gradio" not in info, info
+    assert "Error" not in page.locator("#compare-upload").inner_text()
+    # a good upload keeps the user's file name
+    from PIL import Image
+
+    good = tmp_path / "my street.png"
+    Image.new("RGB", (96, 48), (90, 90, 90)).save(good)
+    page.locator("#compare-upload input[type=file]").set_input_files(str(good))
+    page.wait_for_function(
+        "document.querySelector('#compare-image-info').innerText.includes('my_street.png')"
+    )
+    ctx.close()
+
+
+def test_full_size_view_always_shows_the_selected_image(app_server, browser):
+    """Open image A, open a panel's full-size view, then pick image B: the full-size view is
+    B's (its pixels equal the services' rendering of B, not of A)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from dashboard.services import CompareStyle, Services
+
+    ws, url = app_server
+    ctx, page = _open(browser, url)
+    _compare_first_image(page)
+    page.locator("#compare-panels figure").first.click()
+    page.wait_for_function(
+        "document.querySelector('#compare-full-info').innerText.includes('Full-size view')"
+    )
+    method = page.locator("#compare-panels figure").first.get_attribute("data-method")
+    image_a = int(page.locator("#compare-image-id input").input_value())
+    assert f"#{image_a} " in page.locator("#compare-full-info").inner_text()
+    page.locator("#compare-gallery .thumbnail-item").nth(1).click()
+    page.wait_for_function(
+        "(v) => document.querySelector('#compare-image-id input').value !== v", arg=str(image_a)
+    )
+    image_b = int(page.locator("#compare-image-id input").input_value())
+    # (innerText also holds a loading timer while an event runs: wait for the final text)
+    page.wait_for_function(
+        "(t) => document.querySelector('#compare-full-info').innerText.includes(t)",
+        arg=f"#{image_b} ",
+    )
+    assert f"#{image_b} " in page.locator("#compare-full-info").inner_text()
+    page.wait_for_function(
+        "document.querySelector('#compare-full img') &&"
+        " document.querySelector('#compare-full img').naturalWidth > 0"
+    )
+    src = page.locator("#compare-full img").get_attribute("src")
+    shown = np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+    svc = Services(ws)
+    model = page.locator("#compare-model input").input_value()
+    names = [f.get_attribute("data-method") for f in page.locator("#compare-panels figure").all()]
+
+    def rendering(image_id):
+        view = svc.load_view(model, image_id)
+        maps = svc.score_maps(model, view, names)
+        vr = svc.colour_ranges(svc.model_key(model), view, maps, False)[method]
+        return svc.full_view(model, image_id, method, None, CompareStyle(), vrange=vr)
+
+    want_b, want_a = rendering(image_b), rendering(image_a)
+    assert shown.shape == want_b.shape
+    d_b = np.abs(shown.astype(int) - want_b.astype(int)).mean()
+    d_a = np.abs(shown.astype(int) - want_a.astype(int)).mean()
+    # B's rendering up to JPEG noise (and the demo EoMT's near-flat maps, whose colour range is
+    # a few thousandths wide, so that float noise moves colours); far from A's
+    assert d_b < 12 and d_b < d_a / 2, (d_b, d_a)
+    ctx.close()
+
+
+def test_models_and_datasets_registered_while_running_appear_after_reload(
+    app_server, browser, tmp_path
+):
+    import numpy as np
+    from PIL import Image
+
+    ws, url = app_server
+    ctx, page = _open(browser, url)
+    # registered from "another shell" while the page is open
+    root = tmp_path / "late-bench"
+    (root / "images").mkdir(parents=True)
+    (root / "labels_masks").mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 32), (100 + i, 90, 80)).save(root / "images" / f"{i}.png")
+        lab = np.zeros((32, 64), np.uint8)
+        lab[10:20, 20:30] = 1
+        Image.fromarray(lab).save(root / "labels_masks" / f"{i}.png")
+    ws.register_benchmark("late-bench", root, role="eval")
+    ws.register_checkpoint("late-erfnet", "erfnet", None, input_size=(128, 256))
+    page.reload(wait_until="load")
+    page.wait_for_selector("#compare-gallery .thumbnail-item")
+    for elem, text in (("compare-model", "late-erfnet"), ("compare-dataset", "late-bench")):
+        page.locator(f"#{elem} input").click()
+        page.locator("[role=option]", has_text=text).first.wait_for()
+        page.keyboard.press("Escape")
+    # and it can be picked: the new dataset's images show up in the gallery
+    box = page.locator("#compare-dataset input")
+    box.click()
+    box.fill("late-bench")
+    page.locator("[role=option]", has_text="late-bench").first.wait_for()
+    page.wait_for_timeout(300)
+    box.press("Enter")  # the only match
+    page.wait_for_function(
+        "document.querySelectorAll('#compare-gallery .thumbnail-item').length == 2"
+    )
+    ctx.close()
+
+
+def test_retrain_tab_starts_from_train_config_defaults(app_server, browser):
+    from training.trainer import TrainConfig
+
+    _ws, url = app_server
+    ctx, page = _open(browser, url)
+    _tab(page, "Retrain")
+    d = TrainConfig()
+    assert float(page.locator("#retrain-lr input").input_value()) == d.lr
+    assert float(page.locator("#retrain-epochs input[type=number]").input_value()) == d.epochs
+    assert (
+        float(page.locator("#retrain-fp-weight input[type=number]").input_value()) == d.fp_weight
+    )
     ctx.close()
 
 
@@ -319,12 +502,21 @@ def test_editing_a_paste_rerenders_and_stores_revisions(app_server, browser):
     rec3, n3 = _paste_state(ws, sample_id)
     assert rec3 == rec1 and n3 == n2
 
-    # 4) a move off the road is refused with a message, nothing stored
+    # 4) a move off the road is refused with a message, nothing stored; the last good preview
+    # and paste table stay, the reason is in the status line, no output turns into "Error"
     sky = rec3.replace(y=5 + 1)
     src = page.locator("#curate-preview img").get_attribute("src")
+    table_before = page.locator("#curate-pastes").inner_text()
     page.mouse.click(*_img_point(page, "#curate-preview img", sky.x, sky.y))
-    page.get_by_text("off the").first.wait_for()
+    page.wait_for_function(
+        "document.querySelector('#curate-status').innerText.includes('off the')"
+    )
     assert _paste_state(ws, sample_id) == (rec3, n3)
+    page.wait_for_timeout(500)
+    assert page.locator("#curate-preview img").get_attribute("src") == src
+    assert page.locator("#curate-pastes").inner_text() == table_before
+    for elem in ("#curate-preview", "#curate-pastes", "#curate-status"):
+        assert "Error" not in page.locator(elem).inner_text(), elem
     ctx.close()
 
 
@@ -335,6 +527,8 @@ def test_retrain_runs_and_the_new_head_appears_everywhere(app_server, browser):
     _cell(page, "curate-samples", 0, 1)
     _tab(page, "Retrain")
     page.locator("#retrain-summary table").wait_for()
+    # before any version: the history shows its real columns, not a placeholder "1 2 3"
+    assert "version" in page.locator("#retrain-history").inner_text()
     t0 = time.monotonic()
     page.locator("#retrain-go").click()
     page.wait_for_function(
@@ -344,6 +538,10 @@ def test_retrain_runs_and_the_new_head_appears_everywhere(app_server, browser):
     status = page.locator("#retrain-job-status").inner_text()
     assert "done" in status, status
     assert time.monotonic() - t0 < 180
+    # the header names the new active head without a reload
+    page.wait_for_function(
+        "document.querySelector('#anomseg-status').innerText.includes('head v1')"
+    )
     # history table lists v1 as active
     _cell(page, "retrain-history", 0, 0)
     assert "●" in page.locator("#retrain-history").inner_text()
@@ -353,10 +551,10 @@ def test_retrain_runs_and_the_new_head_appears_everywhere(app_server, browser):
     n_methods = _checked_methods(page)
     _compare_first_image(page)
     page.wait_for_function(
-        f"document.querySelectorAll('#compare-panels .thumbnail-item').length == {n_methods}"
+        f"document.querySelectorAll('#compare-panels figure').length == {n_methods}"
     )
     assert any(
-        "Head v1" in c for c in page.locator("#compare-panels .caption-label").all_inner_texts()
+        "Head v1" in c for c in page.locator("#compare-panels figcaption").all_inner_texts()
     )
     # and the leaderboard holds its evaluation
     _tab(page, "Leaderboard")
