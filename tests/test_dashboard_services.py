@@ -695,3 +695,28 @@ def test_worst_images_of_a_result_without_per_image_figures_are_scored_live(svc,
     _, m = svc.score_maps("tiny-erfnet", v, ["head:1"])["head:1"]
     keep = v.gt_score != 255
     assert au == pytest.approx(average_precision_score(v.gt_score[keep] == 1, m[keep]), abs=1e-6)
+
+
+def test_head_rows_show_recipe_and_geometry(svc, ws):
+    """A head version's recipe and geometry (hparams) show in its leaderboard rows and history;
+    versions stored before these choices existed read as what they were: default, stitched."""
+    from db import catalog
+    from db import heads as dbheads
+
+    df = svc.leaderboard_frame()
+    setup = dict(zip(df["method"], df["head setup"], strict=True))
+    assert setup == {"msp": "", "head:1": "default · stitched"}
+
+    def set_hparams(s, hp):
+        m = catalog.get_model(s, "tiny-erfnet")
+        dbheads.list_head_versions(s, m.id)[0].hparams = hp
+
+    ws.store.transact(lambda s: set_hparams(s, {"epochs": 1, "recipe": "seed",
+                                                "head_geometry": "window"}))  # fmt: skip
+    try:
+        df = svc.leaderboard_frame()
+        assert df[df["method"] == "head:1"]["head setup"].item() == "seed · window"
+        hist = svc.head_history("tiny-erfnet")
+        assert (hist.iloc[0]["recipe"], hist.iloc[0]["geometry"]) == ("seed", "window")
+    finally:
+        ws.store.transact(lambda s: set_hparams(s, {"epochs": 1}))
