@@ -13,7 +13,8 @@ Conventions (documented once, relied on everywhere):
   quantity the EoMT reference treats as its semantic output.
 * ``pixel_class_logits``: (C, H, W) for a mask model, the per-pixel *raw* class logits
   aggregated over queries, ``sum_q sigmoid(mask_logits_q) * class_logits_q[:C]`` (averaged over
-  sliding windows); RbA reads it. None for pixel models.
+  sliding windows), for inspection: RbA reads the class scores ``logits``, as the original
+  does. None for pixel models.
 * ``mask_logits``: (Q, h, w) mask logits of a mask model at the mask head's own resolution
   (scorers upsample); kept only when inference used a single window, else None.
 * ``class_logits``: (Q, C + 1) class logits of a mask model, last column = "no object".
