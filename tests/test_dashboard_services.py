@@ -294,6 +294,45 @@ def test_tpr_threshold_keeps_95_percent_of_the_dataset_anomaly_pixels(svc, ws):
     assert (pos > thr).mean() < 0.95  # and it is the highest such threshold
 
 
+def test_tpr_thresholds_of_all_methods_take_one_forward_per_image(ws):
+    """With no prediction cache at all, 3 methods' dataset thresholds cost one forward per
+    image (not one per image and method), and equal a brute-force per-method computation."""
+    from anomseg.models import create_model
+    from anomseg.predict import Predictor
+    from dashboard.services import CompareStyle, Services, threshold_at_tpr
+
+    model = create_model("erfnet", checkpoint=ws.root / "tiny-erfnet.safetensors")
+    cold = Predictor(model, device="cpu", input_size=SIZE, cache_bytes=0)
+
+    class _Cold:
+        root, store, cache_dir, uploads_dir = ws.root, ws.store, ws.cache_dir, ws.uploads_dir
+
+        def predictor(self, name):
+            return cold
+
+    svc = Services(_Cold(), map_cache_bytes=0)  # no scored map survives either
+    ids = _image_ids(svc, ws.eval_id)
+    names = ["msp", "maxlogit", "energy"]
+    before = cold.forward_calls
+    res = svc.compare(
+        "tiny-erfnet",
+        ids[0],
+        names,
+        None,
+        CompareStyle(threshold_mode="95% TPR on dataset", dataset_id=ws.eval_id),
+    )
+    # one pass over the dataset + the compared image itself
+    assert cold.forward_calls - before == len(ids) + 1
+    for panel in res.panels:
+        pos = []
+        for i in ids:
+            v = svc.load_view("tiny-erfnet", i)
+            if v.gt_score is not None and (v.gt_score == 1).any():
+                _, m = svc.score_maps("tiny-erfnet", v, [panel.name])[panel.name]
+                pos.append(m[v.gt_score == 1])
+        assert panel.threshold == threshold_at_tpr(np.concatenate(pos))
+
+
 def test_tpr_threshold_on_a_dataset_without_labels_is_a_clear_note(svc, ws):
     from dashboard.services import CompareStyle
 
