@@ -70,3 +70,28 @@ def test_recipe_real_end_to_end_resumes_and_its_heads_score_in_eval(
     rc = main(["recipe", "real", "--shared", str(shared), "--out", str(out),
                *TINY[:-2], "--input-size", "128x256"])  # fmt: skip
     assert rc == 2 and "another budget" in capsys.readouterr().err
+
+    # the store-facing path the Retrain tab and `anomseg train --head oe` take: train_head hands
+    # kind "oe" to outlier exposure, a fourth version (from the cached encoder outputs)
+    from training.trainer import TrainConfig, train_head
+
+    store = Store.open(workspace=out / "workspace")
+    try:
+        cfg = TrainConfig(head="oe", epochs=1)
+        res = train_head(store, out / "workspace", "erfnet", cfg, device="cpu", evaluate=False)
+        with store.read() as s:
+            hv = dbheads.get_head(s, res["head_id"])
+            assert (hv.kind, hv.version, hv.status) == ("oe", 4, "ready")
+            assert hv.hparams["lr"] == pytest.approx(cfg.lr / 10)
+    finally:
+        store.close()
+    from anomseg.models.heads import load_head
+
+    head, meta = load_head(res["checkpoint"])
+    assert head.kind == "oe" and meta["model_sha256"] == doc_sha(out)
+
+
+def doc_sha(out) -> str:
+    from anomseg.hashing import file_sha256
+
+    return file_sha256(json.loads((out / "results.json").read_text())["checkpoint"])
