@@ -337,7 +337,7 @@ def head_scorers(
             finally:
                 store.close()
             path = Path(ckpt)
-        head, meta = load_head(path)
+        head, meta = load_head(path, base=checkpoint)  # base: what an oe file was tuned from
         if meta.get("model_sha256") not in (None, sha):
             raise InputError(
                 f"head:{suffix} was trained for the checkpoint with sha256 "
