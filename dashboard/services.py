@@ -1345,8 +1345,10 @@ class Services:
             return list(getter(source))[:limit]
         import anomseg.world  # noqa: F401
         from anomseg.synth.sources import OBJECT_SOURCES
+        from training.synth_samples import object_source_for
 
-        return OBJECT_SOURCES.get(source)().ids()[:limit]
+        stored = object_source_for(self.store, source)  # COCO: a synthetic dataset's spec
+        return (stored or OBJECT_SOURCES.get(source)()).ids()[:limit]
 
     def _records(self, sample_id: int) -> list[tuple[int, str, Any]]:
         """(paste id, key, PasteRecord) of the live pastes of a sample."""
