@@ -123,7 +123,10 @@ def test_evaluate_equals_sklearn_with_one_forward_per_image(bench, keep):
     ref = reference(bench, keep_normal_images=keep)
     for m in ("msp", "maxlogit", "msp:T=2.0"):
         for k in ("auprc", "fpr95", "auroc"):
-            assert abs(getattr(by[m], k) - ref[m][k]) < 1e-6, (m, k)
+            # 1e-5: saturated float32 MSP (1 - max p near 0) holds near-ties, and a conv run in
+            # another order (batch, thread count, torch build) may round a few of them apart;
+            # 2.14's CPU conv moves AuPRC by 1.5e-6 here (the metric itself is exact: test_metrics)
+            assert abs(getattr(by[m], k) - ref[m][k]) < 1e-5, (m, k)
         assert by[m].n_images == (4 if keep else 3) and by[m].n_skipped == (0 if keep else 1)
     # an inverted statistic (high = normal) is flipped: max prob ranks exactly like msp
     assert abs(by["stat_max_prob"].auprc - by["msp"].auprc) < 1e-6

@@ -54,7 +54,9 @@ def _config(tmp_path: Path, **overrides) -> Path:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Path:
+def tree(tmp_path: Path, monkeypatch) -> Path:
+    # a relative export.out is the current folder's (never the config's or the package's)
+    monkeypatch.chdir(tmp_path)
     write_cityscapes(tmp_path / "cs")
     write_coco(tmp_path / "coco")
     return tmp_path
