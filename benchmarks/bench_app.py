@@ -212,7 +212,8 @@ def main() -> int:
         }
         for n, image_id in enumerate(ids[: min(args.images, len(ids) - 1)]):
             t, out = timed(client.compare, image_id, methods, 0.6, ds_id)
-            assert len(out[0]) == len(methods), "one panel per method"
+            # the panels arrive inline (one <figure> with a data-URI image per method)
+            assert out[0].count('class="anomseg-panel"') == len(methods), "one panel per method"
             rows["cold"].append(t)
             rows["cached"].append(timed(client.compare, image_id, methods, 0.6, ds_id)[0])
             rows["slider"].append(

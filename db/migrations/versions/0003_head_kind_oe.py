@@ -25,10 +25,17 @@ def _in(col: str, values: tuple[str, ...]) -> str:
 
 
 def _set_kinds(kinds: tuple[str, ...]) -> None:
-    # SQLite cannot alter a CHECK constraint: batch mode copies the table (rows included)
-    with op.batch_alter_table("head_versions", recreate="always") as batch:
-        batch.drop_constraint(op.f("ck_head_versions_kind"), type_="check")
-        batch.create_check_constraint("kind", _in("kind", kinds))
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite cannot alter a CHECK constraint: batch mode copies the table (rows included)
+        with op.batch_alter_table("head_versions", recreate="always") as batch:
+            batch.drop_constraint(op.f("ck_head_versions_kind"), type_="check")
+            batch.create_check_constraint("kind", _in("kind", kinds))
+        return
+    # PostgreSQL alters the constraint in place; copying the table would drop the primary key
+    # that other tables' foreign keys reference
+    name = op.f("ck_head_versions_kind")
+    op.drop_constraint(name, "head_versions", type_="check")
+    op.create_check_constraint(name, "head_versions", _in("kind", kinds))
 
 
 def upgrade() -> None:
