@@ -362,18 +362,7 @@ def train_oe_version(
             )
         if not row.checkpoint_path:
             raise InputError(f"model {row.name!r} has no checkpoint to fine-tune from")
-        frozen = FrozenModel(
-            row.name,
-            row.architecture,
-            row.checkpoint_path,
-            row.checkpoint_sha256,
-            (row.input_h, row.input_w) if row.input_h and row.input_w else None,
-            dict((row.meta or {}).get("options") or {}),
-            device,
-            predictor,
-        )
-        if predictor is not None and frozen.input_size is None:
-            frozen.input_size = tuple(predictor.input_size)
+        frozen = FrozenModel.from_row(row, device, predictor)
         model_id = row.id
         images, notes = training_images_from_store(s, model_id, render_sample=render_sample)
         parent = active_head(s, model_id)

@@ -264,6 +264,23 @@ class FrozenModel:
     device: str = "cpu"
     predictor: Any = None
 
+    @classmethod
+    def from_row(cls, row: Any, device: str = "cpu", predictor: Any = None) -> FrozenModel:
+        """The frozen model of a store ``Model`` row (a given predictor fixes the input size)."""
+        frozen = cls(
+            row.name,
+            row.architecture,
+            row.checkpoint_path,
+            row.checkpoint_sha256,
+            (row.input_h, row.input_w) if row.input_h and row.input_w else None,
+            dict((row.meta or {}).get("options") or {}),
+            device,
+            predictor,
+        )
+        if predictor is not None and frozen.input_size is None:
+            frozen.input_size = tuple(predictor.input_size)
+        return frozen
+
     def get_predictor(self) -> Any:
         """The Predictor (model built on first use)."""
         if self.predictor is None:
@@ -413,19 +430,7 @@ def train_head(
 
     with store.read() as s:
         row = get_model(s, model)
-        meta = row.meta or {}
-        frozen = FrozenModel(
-            row.name,
-            row.architecture,
-            row.checkpoint_path,
-            row.checkpoint_sha256,
-            (row.input_h, row.input_w) if row.input_h and row.input_w else None,
-            dict(meta.get("options") or {}),
-            device,
-            predictor,
-        )
-        if predictor is not None and frozen.input_size is None:
-            frozen.input_size = tuple(predictor.input_size)
+        frozen = FrozenModel.from_row(row, device, predictor)
         model_id = row.id
         images, notes = training_images_from_store(s, model_id, render_sample=render_sample)
         parent = active_head(s, model_id)
