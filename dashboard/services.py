@@ -487,17 +487,17 @@ class Services:
     # ------------------------------------------------------------------ images
 
     def image_names(self, dataset_id: int) -> list[tuple[str, int]]:
-        """(file name, image id) of a dataset's images, in path order."""
+        """(file name, image id) of a dataset's images, in natural path order (2 before 10)."""
         from sqlalchemy import select
 
+        from anomseg.data.benchmark import natural_key
         from db.models import Image
 
         with self.store.read() as s:
             rows = s.execute(
-                select(Image.id, Image.path)
-                .where(Image.dataset_id == dataset_id)
-                .order_by(Image.path)
+                select(Image.id, Image.path).where(Image.dataset_id == dataset_id)
             ).all()
+        rows = sorted(rows, key=lambda r: natural_key(str(r[1])))
         return [(Path(p).name, int(i)) for i, p in rows]
 
     def gallery(self, dataset_id: int, limit: int = 120) -> list[tuple[str, str]]:
