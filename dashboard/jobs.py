@@ -13,6 +13,7 @@ from typing import Any
 
 from anomseg.errors import InputError
 from training.jobs import JOB_KINDS, JobContext
+from dashboard.wording import counted
 
 POSTHOC_METHODS = ("msp", "maxlogit", "entropy", "energy", "rba")
 
@@ -171,7 +172,10 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
                 }
                 ctx.store.transact(lambda s, row=row: _add_result(s, row))
                 done_methods.add(r.method)
-        ctx.progress(1.0, f"evaluated {len(done_methods)} methods on {total} datasets")
+        ctx.progress(
+            1.0,
+            f"evaluated {counted(len(done_methods), 'method')} on {counted(total, 'dataset')}",
+        )
         return {"datasets": total, "methods": sorted(done_methods)}
     finally:
         ws.close()

@@ -146,7 +146,9 @@ def build(ctx: Context) -> None:
         ds_id = svc.dataset_id(row["dataset"])
         names = [
             n
-            for n in df[(df["model"] == row["model"]) & (df["dataset"] == row["dataset"])]["method"]
+            for n in df[(df["model"] == row["model"]) & (df["dataset"] == row["dataset"])][
+                "method id"
+            ]
         ]
         available = {c.name for c in svc.method_choices(row["model"])}
         plain = [n for n in names if ":" not in n or n.startswith("head:")]

@@ -27,6 +27,7 @@ import numpy as np
 from anomseg.cache import LRU
 from anomseg.errors import AnomsegError, InputError
 from dashboard import flag_layers, render
+from dashboard.wording import counted, method_label
 
 DEFAULT_MAP_CACHE_BYTES = 384 << 20
 GRID_MAX_SIDE = 640  # panels in the side-by-side grid; the full-size view uses the scoring size
@@ -355,7 +356,7 @@ class Services:
                 continue
             if n == 0:
                 continue
-            out.append((f"{name} ({role}, {n} images)", int(ds_id)))
+            out.append((f"{name} ({role}, {counted(n, 'image')})", int(ds_id)))
         # evaluation data first: it has ground truth, the natural place to compare methods
         out.sort(key=lambda t: (0 if "(eval" in t[0] or "(heldout" in t[0] else 1, t[0]))
         return out
@@ -387,8 +388,9 @@ class Services:
         db_txt = url.render_as_string(hide_password=True) if url is not None else "?"
         heads = ", ".join(f"{m} → head v{v}" for m, v in active) or "none"
         return (
-            f"**Workspace** `{self.ws.root}` · **DB** `{db_txt}` · {n_models} models · "
-            f"{n_ds} datasets · {n_img} images · {n_flags} flags · **active heads:** {heads}"
+            f"**Workspace** `{self.ws.root}` · **DB** `{db_txt}` · {counted(n_models, 'model')} · "
+            f"{counted(n_ds, 'dataset')} · {counted(n_img, 'image')} · {counted(n_flags, 'flag')} · "
+            f"**active heads:** {heads}"
         )
 
     def _model_row(self, s: Any, model: str) -> Any:
@@ -1182,7 +1184,7 @@ class Services:
                     "id": f.id,
                     "image": f"#{f.image_id} {Path(f.image.path).name}",
                     "kind": f.kind.replace("_", " "),
-                    "method": f.method,
+                    "method": method_label(f.method),
                     "model": f.model.name,
                     "area px": f.area,
                     "author": f.author,
@@ -1791,12 +1793,14 @@ class Services:
                 continue
             if datasets and r["dataset"] not in datasets:
                 continue
-            if needle and needle not in r["method"].lower():
+            if needle and needle not in f"{r['method']} {method_label(r['method'])}".lower():
                 continue
             out.append(
                 {
                     "model": r["model"],
-                    "method": r["method"],
+                    # the name Compare shows; "method id" keeps the stored string the drill-down keys on
+                    "method": method_label(r["method"]),
+                    "method id": r["method"],
                     "head setup": setups.get((r["model"], r["method"]), ""),
                     "dataset": r["dataset"],
                     "AuPRC": _round_pct(r.get("auprc")),
@@ -1827,6 +1831,7 @@ class Services:
             "images",
             "protocol",
             "updated",
+            "method id",
             "result",
         ]
         df = pd.DataFrame(out, columns=cols)
@@ -2023,7 +2028,7 @@ class Services:
                 continue
             c = acc[n].curves(300)
             ap = acc[n].compute().get("auprc")
-            out.append((f"{n} (AP {_pct(ap)})", c["recall"], c["precision"]))
+            out.append((f"{method_label(n)} (AP {_pct(ap)})", c["recall"], c["precision"]))
         self.thresholds.put(key, out)
         return out
 

@@ -556,9 +556,9 @@ def test_retrain_runs_and_the_new_head_appears_everywhere(app_server, browser):
     assert any(
         "Head v1" in c for c in page.locator("#compare-panels figcaption").all_inner_texts()
     )
-    # and the leaderboard holds its evaluation
+    # and the leaderboard holds its evaluation, under the name Compare gives it
     _tab(page, "Leaderboard")
-    page.locator("#lb-table [role=gridcell]", has_text="head:1").first.wait_for()
+    page.locator("#lb-table [role=gridcell]", has_text="Head v1").first.wait_for()
     ctx.close()
 
 

@@ -43,10 +43,10 @@ def test_leaderboard_has_component_columns_and_protocol(svc, two_results):  # no
     df = svc.leaderboard_frame()
     for col in ("sIoU", "PPV", "F1", "protocol"):
         assert col in df.columns
-    row = df[df["method"] == "entropy"].iloc[0]
+    row = df[df["method id"] == "entropy"].iloc[0]
     assert (row["sIoU"], row["PPV"], row["F1"]) == (25.0, 40.0, 10.0)
     assert row["protocol"].startswith("64x128 · score@input · skip-empty")
-    assert df[df["method"] == "msp"].iloc[0]["protocol"] == ""  # stored without a card
+    assert df[df["method id"] == "msp"].iloc[0]["protocol"] == ""  # stored without a card
 
 
 def test_worst_images_by_siou(svc, ws, two_results):  # noqa: F811
@@ -137,7 +137,7 @@ def test_evaluate_job_stores_component_metrics_and_the_protocol_card(svc, ws):  
     )
     assert _run_one_job(ws) == job
     df = svc.leaderboard_frame(datasets=["mini-eval"])
-    rid = int(df[(df["model"] == "tiny-erfnet") & (df["method"] == "msp")]["result"].max())
+    rid = int(df[(df["model"] == "tiny-erfnet") & (df["method id"] == "msp")]["result"].max())
     with ws.store.read() as s:
         res = s.get(EvalResult, rid)
         metrics, params, per = res.metrics, res.params, res.per_image

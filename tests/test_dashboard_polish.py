@@ -56,3 +56,43 @@ def test_gallery_sorts_image_names_naturally(tiny):
     assert names[:5] == ["0.png", "1.png", "2.png", "10.png", "11.png"]
     captions = [c for _p, c in svc.gallery(tiny.ds_id)]
     assert [c.split(" ", 1)[1] for c in captions] == names
+
+
+def test_method_labels_are_the_scorer_registry_display_names():
+    from anomseg import scoring
+    from dashboard.wording import method_label
+
+    for spec in scoring.list_scorers():
+        if ":" not in spec.name:
+            assert method_label(spec.name) == (spec.label or spec.name)
+    assert method_label("entropy") == "MaxEntropy"  # the name Compare's method list shows
+    assert method_label("msp:T=2.0") == "MSP (T=2)"
+    assert method_label("head:3") == "Head v3"
+    assert method_label("not-a-scorer") == "not-a-scorer"
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 models"), (1, "1 model"), (2, "2 models")])
+def test_counts_are_singular_only_for_one(n, text):
+    from dashboard.wording import counted
+
+    assert counted(n, "model") == text
+
+
+def test_header_leaderboard_and_flag_list_use_the_same_names_as_compare(tiny):
+    from db import catalog
+    from db import results as dbresults
+    from dashboard.services import Services
+
+    svc = Services(tiny)
+
+    def setup(s):
+        m = catalog.register_model(s, "one", "erfnet", None)
+        dbresults.add_eval_result(s, m.id, "entropy", tiny.ds_id, {"auprc": 0.5}, 7)
+
+    tiny.store.transact(setup)
+    header = svc.header_markdown()
+    assert "· 1 model ·" in header and "· 1 dataset ·" in header and "· 7 images ·" in header
+    assert "· 0 flags ·" in header
+    df = svc.leaderboard_frame()
+    assert list(df["method"]) == ["MaxEntropy"] and list(df["method id"]) == ["entropy"]
+    assert len(svc.leaderboard_frame(method_filter="maxent")) == 1  # the shown name filters too

@@ -434,6 +434,7 @@ def test_flag_painted_on_a_downscaled_canvas_lands_full_size_in_the_store(svc, w
     assert mask.sum() == 200 and mask[10:20, 30:50].all()
     df = svc.flags_frame(image_id)
     assert int(df.iloc[0]["id"]) == fid
+    assert df.iloc[0]["method"] == "MSP"  # the name Compare shows, not the stored "msp"
     svc.update_flag(fid, note="edited", kind="ignore")
     with ws.store.read() as s:
         assert dbflags.get_flag(s, fid).note == "edited"
@@ -579,11 +580,11 @@ def test_head_history_activation_and_rollback_guard(svc):
 
 def test_leaderboard_filters_and_worst_images(svc, ws):
     df = svc.leaderboard_frame()
-    assert set(df["method"]) == {"msp", "head:1"}
-    assert df.iloc[0]["method"] == "head:1"  # sorted by AuPRC within the dataset
-    assert df[df["method"] == "msp"]["AuPRC"].item() == 40.0
+    assert set(df["method id"]) == {"msp", "head:1"}
+    assert df.iloc[0]["method id"] == "head:1"  # sorted by AuPRC within the dataset
+    assert df[df["method id"] == "msp"]["AuPRC"].item() == 40.0
     assert len(svc.leaderboard_frame(method_filter="head")) == 1
-    rid = int(df[df["method"] == "msp"]["result"].item())
+    rid = int(df[df["method id"] == "msp"]["result"].item())
     worst = svc.worst_images(rid, k=2)
     assert [n for _i, n, _a in worst] == ["img1", "img0"]
     names = {i: n for n, i in svc.image_names(ws.eval_id)}
@@ -668,7 +669,7 @@ def test_evaluate_job_writes_results_equal_to_sklearn(svc, ws):
         assert j.status == "done", j.error
         ev = catalog.get_dataset(s, "mini-eval").id
     df = svc.leaderboard_frame(datasets=["mini-eval"])
-    row = df[df["method"] == "maxlogit"]
+    row = df[df["method id"] == "maxlogit"]
     assert len(row) == 1 and int(row["images"].item()) == 3
     scores, labels = [], []
     for _n, image_id in svc.image_names(ev):
@@ -680,7 +681,7 @@ def test_evaluate_job_writes_results_equal_to_sklearn(svc, ws):
     ref = average_precision_score(np.concatenate(labels), np.concatenate(scores))
     assert row["AuPRC"].item() == pytest.approx(100 * ref, abs=0.01)
     # the head version was evaluated too, with per-image figures for the drill-down
-    assert "head:1" in set(df["method"])
+    assert "head:1" in set(df["method id"])
     rid = int(row["result"].item())
     assert len(svc.worst_images(rid, k=5)) == 3
 
@@ -743,7 +744,7 @@ def test_head_rows_show_recipe_and_geometry(svc, ws):
     from db import heads as dbheads
 
     df = svc.leaderboard_frame()
-    setup = dict(zip(df["method"], df["head setup"], strict=True))
+    setup = dict(zip(df["method id"], df["head setup"], strict=True))
     # post-hoc rows (msp, and any an earlier test of this module recorded) carry no head setup
     assert setup["head:1"] == "default · stitched" and setup["msp"] == ""
     assert all(v == "" for m, v in setup.items() if not m.startswith("head:"))
@@ -756,7 +757,7 @@ def test_head_rows_show_recipe_and_geometry(svc, ws):
                                                 "head_geometry": "window"}))  # fmt: skip
     try:
         df = svc.leaderboard_frame()
-        assert df[df["method"] == "head:1"]["head setup"].item() == "seed · window"
+        assert df[df["method id"] == "head:1"]["head setup"].item() == "seed · window"
         hist = svc.head_history("tiny-erfnet")
         assert (hist.iloc[0]["recipe"], hist.iloc[0]["geometry"]) == ("seed", "window")
     finally:

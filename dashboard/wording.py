@@ -1,0 +1,35 @@
+"""How the app names things to a person: one name per method in every tab, counts with plurals.
+
+Compare lists a method by its scorer's display name (``MaxEntropy``, ``MSP``) and a head by its
+version; the Leaderboard, the Flag list and the PR-curve legend read stored method strings
+(``entropy``, ``msp:T=2.0``, ``head:3``). Both go through ``method_label`` so a method reads the
+same everywhere; the stored string stays the identity the code keys on.
+"""
+
+from __future__ import annotations
+
+from anomseg.errors import AnomsegError
+
+
+def method_label(method: str) -> str:
+    """Display name of a stored method string: ``entropy`` -> ``MaxEntropy``,
+    ``msp:T=2.0`` -> ``MSP (T=2)``, ``head:3`` -> ``Head v3``; an unknown string as it is."""
+    from anomseg import scoring
+
+    text = (method or "").strip()
+    if text.startswith("head:"):
+        return f"Head v{text.split(':', 1)[1]}"
+    try:
+        name, params = scoring.parse_method(text)
+        base = scoring.get_scorer(name).label or name
+    except AnomsegError:
+        return text  # e.g. an external score map's name or a scorer since removed
+    if params:
+        base += " (" + ", ".join(f"{k}={float(v):g}" for k, v in sorted(params.items())) + ")"
+    return base
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 model``, ``0 models``, ``2 models`` (``plural`` for irregular nouns)."""
+    n = int(n)
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
