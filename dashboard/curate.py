@@ -10,9 +10,18 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from anomseg.errors import InputError
+from anomseg.errors import AnomsegError, InputError
 from dashboard.services import Services
-from dashboard.ui import Context, form_id, guarded, progress_html, refusing, user_of
+from dashboard.ui import (
+    Context,
+    form_id,
+    guarded,
+    progress_html,
+    refusal_html,
+    refusing,
+    user_of,
+)
+from dashboard.wording import job_label
 
 STATUSES = ["all", "proposed", "accepted", "rejected"]
 EMPTY_SAMPLES = pd.DataFrame(columns=["id", "status", "background", "pastes", "updated"])
@@ -225,9 +234,13 @@ def build(ctx: Context) -> None:
     gen_job = gr.State(0)
     gen_timer = gr.Timer(1.0, active=False)
 
-    @guarded
     def generate(n):
-        job = svc.queue_generate(int(n or 0))
+        # a refusal (nothing to generate into) goes to the status line once, with no "Error"
+        # badge and no toast repeating it
+        try:
+            job = svc.queue_generate(int(n or 0))
+        except AnomsegError as exc:
+            return gr.update(), refusal_html(str(exc)), gr.Timer(active=False)
         gr.Info(f"Job #{job} queued: generating {int(n)} samples.")
         return job, progress_html(0.0, f"job #{job} queued"), gr.Timer(active=True)
 
@@ -238,7 +251,7 @@ def build(ctx: Context) -> None:
         if not job:
             return gr.update(), gr.Timer(active=False), gr.update(), gr.update()
         st = svc.job_state(int(job))
-        label = f"job #{st.id} {st.status}: {st.message}" + (f" ({st.error})" if st.error else "")
+        label = job_label(st)
         if st.finished:
             df, c = svc.samples_frame(filt), _counts_md()
             return progress_html(st.progress, label), gr.Timer(active=False), df, c

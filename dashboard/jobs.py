@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from anomseg.errors import InputError
-from training.jobs import JOB_KINDS, JobContext
 from dashboard.wording import counted
+from training.jobs import JOB_KINDS, JobContext
 
 POSTHOC_METHODS = ("msp", "maxlogit", "entropy", "energy", "rba")
 

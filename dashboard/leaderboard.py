@@ -14,6 +14,7 @@ from dashboard import render
 from dashboard.ranking import rank_and_mark
 from dashboard.services import Services
 from dashboard.ui import Context, guarded, progress_html
+from dashboard.wording import job_label
 
 METRICS = ["AuPRC", "FPR95", "AUROC", "sIoU", "PPV", "F1"]
 # drill-down order: per-image key stored with the result -> label
@@ -111,7 +112,7 @@ def build(ctx: Context) -> None:
         if not job:
             return gr.update(), gr.Timer(active=False), gr.update(), gr.update(), gr.update()
         st = svc.job_state(int(job))
-        label = f"job #{st.id} {st.status}: {st.message}" + (f" ({st.error})" if st.error else "")
+        label = job_label(st)
         if not st.finished:
             return (
                 progress_html(st.progress, label),

@@ -16,7 +16,7 @@ from anomseg.head_geometry import STITCHED, WINDOW
 from dashboard import render
 from dashboard.compare import method_update
 from dashboard.services import Services
-from dashboard.ui import Context, guarded, progress_html
+from dashboard.ui import Context, guarded, progress_html, refusing
 from training.recipes import RECIPES
 from training.trainer import TrainConfig
 
@@ -165,7 +165,9 @@ def build(ctx: Context) -> None:
     # a recipe brings its own learning rate; the box stays editable after the switch
     recipe.change(lambda r: RECIPES.get(r).lr, recipe, lr, api_name=False)
 
-    @guarded
+    # a refused request (e.g. nothing to train on) keeps the last job's view and says why in the
+    # status line: gr.Error would badge the progress, status and log "Error"
+    @refusing(5, status=2)
     def start(m, h, e, rate, fpw, act, rec=None, geo=None):
         if not m:
             raise InputError("no model selected")

@@ -27,7 +27,7 @@ import numpy as np
 from anomseg.cache import LRU
 from anomseg.errors import AnomsegError, InputError
 from dashboard import flag_layers, render
-from dashboard.wording import counted, method_label
+from dashboard.wording import REGISTER_TRAINING_HINT, counted, method_label
 
 DEFAULT_MAP_CACHE_BYTES = 384 << 20
 GRID_MAX_SIDE = 640  # panels in the side-by-side grid; the full-size view uses the scoring size
@@ -1556,10 +1556,18 @@ class Services:
 
     def queue_generate(self, n: int, params: dict[str, Any] | None = None) -> int:
         """Queue a job that proposes ``n`` more synthetic samples; returns the job id."""
+        from db import catalog
         from db.jobs import enqueue_job
 
         if not isinstance(n, int | float) or int(n) != n or not 1 <= int(n) <= 500:
             raise InputError(f"number of samples to generate: expected 1..500, got {n!r}")
+        if not (params or {}).get("dataset"):
+            with self.store.read() as s:  # refused here, not as a failed job after the fact
+                if not catalog.list_datasets(s, role="synthetic"):
+                    raise InputError(
+                        "no synthetic dataset is registered to add generated samples to. "
+                        + REGISTER_TRAINING_HINT
+                    )
         payload = {"n": int(n), **(params or {})}
         return self.store.transact(lambda s: int(enqueue_job(s, "synth_generate", payload).id))
 
@@ -1642,7 +1650,18 @@ class Services:
             "activate": activate,
             **(extra or {}),
         }
-        return enqueue_training(self.store, params)
+        try:
+            return enqueue_training(self.store, params)
+        except InputError as exc:
+            from db import catalog
+
+            with self.store.read() as s:
+                has_training_sets = any(
+                    catalog.list_datasets(s, role=r) for r in ("train", "synthetic")
+                )
+            if has_training_sets:
+                raise
+            raise InputError(f"{exc}. {REGISTER_TRAINING_HINT}") from None
 
     def job_state(self, job_id: int) -> JobState:
         """A job's status, progress and log tail, fresh from the store."""

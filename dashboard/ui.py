@@ -143,6 +143,15 @@ def refusing(n_outputs: int, status: int, tidy: Callable[..., str] | None = None
     return deco
 
 
+def refusal_html(message: str) -> str:
+    """A refused request's reason for an HTML status line (`command` spans become code)."""
+    import html
+    import re
+
+    safe = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(message or "", quote=False))
+    return f'<div class="anomseg-refusal"><b>Not done:</b> {safe}</div>'
+
+
 def progress_html(fraction: float, label: str) -> str:
     """A small progress bar (HTML)."""
     pct = max(0.0, min(1.0, float(fraction))) * 100

@@ -33,3 +33,20 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 model``, ``0 models``, ``2 models`` (``plural`` for irregular nouns)."""
     n = int(n)
     return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
+# what to run when a workspace has nothing a head could train on (Curate and Retrain say it)
+REGISTER_TRAINING_HINT = (
+    "Register training data first, then reload the page: pasted anomalies with "
+    "`anomseg add-synthetic NAME --backgrounds SOURCE:ROOT --n 50 --accept`, or images to flag "
+    "with `anomseg add-dataset ROOT --role train`."
+)
+
+
+def job_label(st) -> str:
+    """One line for a job's progress bar: its message, and its error only when that says more
+    (a job refused at the start stores the same text as both)."""
+    label = f"job #{st.id} {st.status}: {st.message}"
+    if st.error and st.error.strip() not in (st.message or ""):
+        label += f" ({st.error})"
+    return label

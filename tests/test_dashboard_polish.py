@@ -79,9 +79,9 @@ def test_counts_are_singular_only_for_one(n, text):
 
 
 def test_header_leaderboard_and_flag_list_use_the_same_names_as_compare(tiny):
+    from dashboard.services import Services
     from db import catalog
     from db import results as dbresults
-    from dashboard.services import Services
 
     svc = Services(tiny)
 
@@ -96,3 +96,67 @@ def test_header_leaderboard_and_flag_list_use_the_same_names_as_compare(tiny):
     df = svc.leaderboard_frame()
     assert list(df["method"]) == ["MaxEntropy"] and list(df["method id"]) == ["entropy"]
     assert len(svc.leaderboard_frame(method_filter="maxent")) == 1  # the shown name filters too
+
+
+def _n_jobs(ws) -> int:
+    from db.jobs import list_jobs
+
+    with ws.store.read() as s:
+        return len(list_jobs(s, limit=100))
+
+
+def test_generate_and_retrain_without_training_data_say_why_and_how_once(tiny):
+    from anomseg.errors import InputError
+    from dashboard.services import Services
+    from db import catalog
+
+    svc = Services(tiny)
+    tiny.store.transact(lambda s: catalog.register_model(s, "real", "erfnet", None) and None)
+    with pytest.raises(InputError) as gen:
+        svc.queue_generate(4)
+    msg = str(gen.value)
+    assert msg.count("no synthetic dataset is registered") == 1
+    assert "anomseg add-synthetic" in msg and "anomseg add-dataset ROOT --role train" in msg
+    with pytest.raises(InputError) as ret:
+        svc.queue_retrain("real")
+    msg = str(ret.value)
+    assert "no usable training samples" in msg and "anomseg add-dataset ROOT --role train" in msg
+    assert _n_jobs(tiny) == 0  # refused before anything was queued
+
+
+def test_retrain_refusal_keeps_its_reason_but_no_hint_once_training_data_exists(tiny, tmp_path):
+    from anomseg.errors import InputError
+    from dashboard.services import Services
+    from db import catalog
+
+    svc = Services(tiny)
+
+    def setup(s):
+        catalog.register_model(s, "real", "erfnet", None)
+        catalog.register_dataset(s, "trainset", "train", tmp_path / "data" / "numbered")
+
+    tiny.store.transact(setup)
+    with pytest.raises(InputError) as ret:
+        svc.queue_retrain("real")
+    assert "no usable training samples" in str(ret.value)
+    assert "add-dataset" not in str(ret.value)  # training data exists: flag or accept instead
+
+
+def test_job_label_shows_an_error_that_repeats_the_message_once():
+    from types import SimpleNamespace
+
+    from dashboard.wording import job_label
+
+    same = "no synthetic dataset is registered to add generated samples to"
+    st = SimpleNamespace(id=3, status="failed", message=same, error=same)
+    assert job_label(st).count(same) == 1
+    st = SimpleNamespace(id=3, status="failed", message="step 2/5", error="disk full")
+    assert job_label(st) == "job #3 failed: step 2/5 (disk full)"
+
+
+def test_refusal_html_escapes_and_shows_commands_as_code():
+    from dashboard.ui import refusal_html
+
+    out = refusal_html("bad <x> run `anomseg add-dataset ROOT --role train`")
+    assert "&lt;x&gt;" in out and "<x>" not in out
+    assert "<code>anomseg add-dataset ROOT --role train</code>" in out
