@@ -14,7 +14,7 @@ from dashboard import render
 from dashboard.ranking import rank_and_mark
 from dashboard.services import Services
 from dashboard.ui import Context, guarded, progress_html
-from dashboard.wording import job_label
+from dashboard.wording import job_label, worst_caption
 
 METRICS = ["AuPRC", "FPR95", "AUROC", "sIoU", "PPV", "F1"]
 # drill-down order: per-image key stored with the result -> label
@@ -141,7 +141,8 @@ def build(ctx: Context) -> None:
         items = []
         for image_id, name, au in worst_rows:
             try:
-                items.append((str(svc.thumbnail(image_id)), f"{name} · {by} {100 * au:.1f}"))
+                thumb = str(svc.thumbnail(image_id))
+                items.append((thumb, worst_caption(name, row["method"], by, au)))
             except Exception:  # an unreadable file: leave it out of the strip
                 continue
         ds_id = svc.dataset_id(row["dataset"])

@@ -50,3 +50,9 @@ def job_label(st) -> str:
     if st.error and st.error.strip() not in (st.message or ""):
         label += f" ({st.error})"
     return label
+
+
+def worst_caption(image: str, method: str, metric: str, value: float | None) -> str:
+    """Caption of a worst-image thumbnail: which image, under which method, how bad (percent)."""
+    score = "n/a" if value is None else f"{100 * float(value):.1f}"
+    return f"{image} · {method} · {metric} {score}"

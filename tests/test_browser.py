@@ -558,7 +558,11 @@ def test_retrain_runs_and_the_new_head_appears_everywhere(app_server, browser):
     )
     # and the leaderboard holds its evaluation, under the name Compare gives it
     _tab(page, "Leaderboard")
-    page.locator("#lb-table [role=gridcell]", has_text="Head v1").first.wait_for()
+    cell = page.locator("#lb-table [role=gridcell]", has_text="Head v1").first
+    cell.wait_for()
+    # its worst images say which method and how bad
+    cell.click()
+    page.locator("#lb-worst").get_by_text("· Head v1 · AuPRC").first.wait_for()
     ctx.close()
 
 

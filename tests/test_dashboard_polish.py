@@ -160,3 +160,12 @@ def test_refusal_html_escapes_and_shows_commands_as_code():
     out = refusal_html("bad <x> run `anomseg add-dataset ROOT --role train`")
     assert "&lt;x&gt;" in out and "<x>" not in out
     assert "<code>anomseg add-dataset ROOT --role train</code>" in out
+
+
+def test_worst_image_caption_carries_method_and_score():
+    from dashboard.wording import worst_caption
+
+    assert worst_caption("img7.png", "MaxEntropy", "AuPRC", 0.1234) == (
+        "img7.png · MaxEntropy · AuPRC 12.3"
+    )
+    assert worst_caption("a.png", "MSP", "sIoU", None) == "a.png · MSP · sIoU n/a"
