@@ -71,7 +71,7 @@ def build_app(workspace: Any, services: Services | None = None) -> gr.Blocks:
         # models and datasets registered while the app runs (add-model / add-dataset from a
         # shell) appear in the lists on the next page load, not only after a restart
         @guarded
-        def catalogue(m, ds, rm):
+        def catalogue(m, ds, rm, lb_filter, lb_eval, lb_heads):
             models = svc.model_names()
             datasets = svc.dataset_choices()
             ids = [i for _label, i in datasets]
@@ -83,9 +83,18 @@ def build_app(workspace: Any, services: Services | None = None) -> gr.Blocks:
                 gr.update(choices=models, value=pick(m, models)),
                 gr.update(choices=datasets, value=pick(ds, ids)),
                 gr.update(choices=models, value=pick(rm, models)),
+                # the Leaderboard's filter keeps what is still registered (empty = all)
+                gr.update(choices=models, value=[x for x in (lb_filter or []) if x in models]),
+                gr.update(choices=models, value=pick(lb_eval, models)),
+                gr.update(choices=models, value=pick(lb_heads, models)),
             )
 
-        lists = [ctx["compare.model"], ctx["compare.dataset"], ctx["retrain.model"]]
+        lists = [
+            ctx["compare.model"],
+            ctx["compare.dataset"],
+            ctx["retrain.model"],
+            *ctx["leaderboard.model_lists"],
+        ]
         app.load(catalogue, lists, lists, api_name=False)
         cmp_dataset = ctx["compare.dataset"]
         app.load(

@@ -218,4 +218,6 @@ def build(ctx: Context) -> None:
     h_model.change(heads, h_model, [h_plot, h_table], api_name=False)
 
     ctx["leaderboard.load"] = (load, [f_models, f_datasets, f_method, metric], load_out)
+    # re-read on each page load with Compare's and Retrain's lists (dashboard.app)
+    ctx["leaderboard.model_lists"] = (f_models, ev_model, h_model)
     ctx["leaderboard.heads"] = (heads, h_model, [h_plot, h_table])

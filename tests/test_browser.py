@@ -391,6 +391,12 @@ def test_models_and_datasets_registered_while_running_appear_after_reload(
     page.wait_for_function(
         "document.querySelectorAll('#compare-gallery .thumbnail-item').length == 2"
     )
+    # the Leaderboard's model lists were re-read on that load too
+    _tab(page, "Leaderboard")
+    for elem in ("lb-models", "lb-eval-model", "lb-head-model"):
+        page.locator(f"#{elem} input").click()
+        page.locator("[role=option]", has_text="late-erfnet").first.wait_for()
+        page.keyboard.press("Escape")
     ctx.close()
 
 
