@@ -169,3 +169,25 @@ def test_worst_image_caption_carries_method_and_score():
         "img7.png · MaxEntropy · AuPRC 12.3"
     )
     assert worst_caption("a.png", "MSP", "sIoU", None) == "a.png · MSP · sIoU n/a"
+
+
+@pytest.mark.realdata
+def test_fs_static_gallery_order_is_numeric(fs_static, tmp_path):
+    from dashboard.services import Services
+    from db import catalog
+
+    ws = TinyWorkspace(tmp_path)
+    files = sorted((fs_static / "images").glob("*.jpg"))  # plain sort: 0, 1, 10, 11, ...
+
+    def setup(s):
+        ds = catalog.register_dataset(s, "fs_static", "eval", fs_static)
+        catalog.register_images(s, ds, files)
+        return ds.id
+
+    ds_id = ws.store.transact(setup)
+    try:
+        names = [n for n, _i in Services(ws).image_names(ds_id)]
+    finally:
+        ws.store.close()
+    assert names == sorted((p.name for p in files), key=lambda n: int(n.split(".")[0]))
+    assert names[:12] == [f"{k}.jpg" for k in range(12)]
