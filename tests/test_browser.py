@@ -198,13 +198,15 @@ def test_compare_shows_a_panel_per_method(app_server, browser):
 
 
 def test_painting_a_false_positive_stores_a_flag(app_server, browser):
+    from dashboard.wording import counted
+
     ws, url = app_server
     ctx, page = _open(browser, url)
     _compare_first_image(page)
     before = _flags(ws)
     page.wait_for_function(
-        "(n) => document.querySelector('#anomseg-status').innerText.includes(n + ' flags')",
-        arg=str(len(before)),
+        "(t) => document.querySelector('#anomseg-status').innerText.includes(t)",
+        arg=f"· {counted(len(before), 'flag')} ·",  # "1 flag", "2 flags"
     )
     _load_flag_editor(page)
     _paint(page)
@@ -217,8 +219,8 @@ def test_painting_a_false_positive_stores_a_flag(app_server, browser):
     assert len(after) == len(before) + 1
     # the header's count follows without a reload
     page.wait_for_function(
-        "(n) => document.querySelector('#anomseg-status').innerText.includes(n + ' flags')",
-        arg=str(len(after)),
+        "(t) => document.querySelector('#anomseg-status').innerText.includes(t)",
+        arg=f"· {counted(len(after), 'flag')} ·",  # "1 flag", "2 flags"
     )
     new = [f for f in after if f not in before][0]
     assert new[1] == "false_positive" and new[3] > 100
