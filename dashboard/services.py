@@ -1117,11 +1117,14 @@ class Services:
         mask = mask_to_full_size(painted, full)
         spec = self.method_spec(name, params)
         if token is not None:
-            done = self._saved_flag(token, int(image_id), mask)
+            # one read decides: the same strokes under this token are a retry (answer its id),
+            # other strokes a new save under a stale token (two reads let a concurrent retry
+            # land between them and be stored twice)
+            done, other = self._saved_flag(token, int(image_id), mask)
             if done is not None:
                 return done
-            if self._saved_flag(token, int(image_id), None) is not None:
-                token = None  # other strokes under a stale token: a new save, not a retry
+            if other:
+                token = None
 
         def write(s: Any) -> int:
             f = dbflags.add_flag(
@@ -1141,14 +1144,19 @@ class Services:
             return self.store.transact(write)
         except IntegrityError:
             # a concurrent retry of the same save stored it first
-            done = self._saved_flag(token, int(image_id), mask) if token is not None else None
-            if done is None:
+            done, other = self._saved_flag(token, int(image_id), mask) if token else (None, False)
+            if done is not None:
+                return done
+            if not other:
                 raise
-            return done
+            token = None  # other strokes won the race for this token: store these as new
+            return self.store.transact(write)
 
-    def _saved_flag(self, token: str, image_id: int, mask: np.ndarray | None) -> int | None:
-        """The id of the flag a save with ``token`` stored on this image with this ``mask``
-        (any mask when None), or None; a token stored on another image is refused."""
+    def _saved_flag(
+        self, token: str, image_id: int, mask: np.ndarray
+    ) -> tuple[int | None, bool]:
+        """(id of the flag a save with ``token`` stored on this image with this ``mask`` or None,
+        whether the token holds a flag of other strokes); a token of another image is refused."""
         from sqlalchemy import select
 
         from db.masks import encode_mask
@@ -1159,15 +1167,15 @@ class Services:
                 select(Flag.id, Flag.image_id, Flag.mask).where(Flag.uid == token)
             ).first()
         if row is None:
-            return None
+            return None, False
         if row.image_id != image_id:
             raise InputError(
                 f"flag save token {token!r} was already saved on image #{row.image_id}; "
                 "a new save needs a new token (reload the page)"
             )
-        if mask is not None and bytes(row.mask) != encode_mask(mask):
-            return None
-        return int(row.id)
+        if bytes(row.mask) != encode_mask(mask):
+            return None, True
+        return int(row.id), False
 
     def flags_frame(self, image_id: int | None = None, model: str | None = None):
         """Flags (of one image, or all) as a data frame, newest first."""
