@@ -328,24 +328,19 @@ def train_oe_version(
     from anomseg.predict import resolve_device
     from db.catalog import get_model
     from db.heads import (
-        activate_head,
         active_head,
         create_head_version,
         fail_head_version,
         finish_head_version,
-        get_head,
-        set_head_metrics,
     )
-    from db.results import add_eval_result
     from training.dataset import training_images_from_store
     from training.features import FeatureCache
     from training.trainer import (
         ACTIVATION_RULES,
-        Cancelled,
         FrozenModel,
         _eval_datasets,
-        _evaluate_one,
         _safe_name,
+        evaluate_and_record,
     )
 
     device = str(resolve_device(device))
@@ -405,40 +400,12 @@ def train_oe_version(
                 s, head_id, checkpoint_path=str(ckpt), checkpoint_sha256=digest,
                 metrics={"train": train_metrics},
             )  # fmt: skip
-        evals = []
-        for i, ds in enumerate(eval_sets):
-            if should_stop is not None and should_stop():
-                raise Cancelled("training cancelled")
-            report(0.8 + 0.2 * i / len(eval_sets), f"evaluating head:{version} on {ds['name']}")
-            evals.append(_evaluate_one(head, frozen, ds))
-        summary: dict[str, Any] = {"train": train_metrics, "eval": {e["dataset"]: e for e in evals}}
-        scored = [e["metrics"]["auprc"] for e in evals if "auprc" in e.get("metrics", {})]
-        summary["eval_mean_auprc"] = sum(scored) / len(scored) if scored else None
-        with store.session() as s:
-            for e in evals:
-                if e.get("metrics"):
-                    add_eval_result(
-                        s, model_id, f"head:{version}", e["dataset_id"], e["metrics"],
-                        e["n_images"], params={"kind": "oe", "head_id": head_id},
-                        seconds=e["seconds"],
-                    )  # fmt: skip
-            set_head_metrics(s, head_id, summary)
-            old = active_head(s, model_id)
-            activated = bool(rule_fn(summary, old.metrics if old is not None else None))
-            if activated:
-                activate_head(s, head_id)
-            final = get_head(s, head_id)
-            out = {
-                "head_id": head_id,
-                "version": version,
-                "kind": "oe",
-                "model": frozen.name,
-                "checkpoint": str(ckpt),
-                "active": bool(final.active),
-                "rule": rule,
-                "metrics": summary,
-                "snapshot_counts": snap["counts"],
-            }
+        out = evaluate_and_record(
+            store, head, frozen, eval_sets, model_id=model_id, head_id=head_id,
+            version=version, kind="oe", train_metrics=train_metrics, rule=rule,
+            rule_fn=rule_fn, report=report, should_stop=should_stop,
+            snapshot_counts=snap["counts"],
+        )  # fmt: skip
     except BaseException:
         with store.session() as s:
             fail_head_version(s, head_id)

@@ -401,15 +401,11 @@ def train_head(
     from anomseg.predict import resolve_device
     from db.catalog import get_model
     from db.heads import (
-        activate_head,
         active_head,
         create_head_version,
         fail_head_version,
         finish_head_version,
-        get_head,
-        set_head_metrics,
     )
-    from db.results import add_eval_result
     from training.dataset import build_pixel_set, training_images_from_store
     from training.features import FeatureCache
 
@@ -506,57 +502,76 @@ def train_head(
                 checkpoint_sha256=digest,
                 metrics={"train": train_metrics},
             )
-        evals = []
-        for i, ds in enumerate(eval_sets):
-            if should_stop is not None and should_stop():
-                raise Cancelled("training cancelled")
-            report(0.8 + 0.2 * i / len(eval_sets), f"evaluating head:{version} on {ds['name']}")
-            evals.append(_evaluate_one(result.head, frozen, ds))
-        summary: dict[str, Any] = {"train": train_metrics, "eval": {e["dataset"]: e for e in evals}}
-        scored = [e["metrics"]["auprc"] for e in evals if "auprc" in e.get("metrics", {})]
-        summary["eval_mean_auprc"] = sum(scored) / len(scored) if scored else None
-        fprs = [e["metrics"]["fpr95"] for e in evals if "fpr95" in e.get("metrics", {})]
-        summary["eval_mean_fpr95"] = sum(fprs) / len(fprs) if fprs else None
-        with store.session() as s:
-            for e in evals:
-                if e.get("metrics"):
-                    add_eval_result(
-                        s,
-                        model_id,
-                        f"head:{version}",
-                        e["dataset_id"],
-                        e["metrics"],
-                        e["n_images"],
-                        params={
-                            "kind": config.head,
-                            "head_id": head_id,
-                            "protocol": e.get("protocol"),
-                        },
-                        seconds=e["seconds"],
-                    )
-            set_head_metrics(s, head_id, summary)
-            old = active_head(s, model_id)
-            activated = bool(rule_fn(summary, old.metrics if old is not None else None))
-            if activated:
-                activate_head(s, head_id)
-            final = get_head(s, head_id)
-            out = {
-                "head_id": head_id,
-                "version": version,
-                "kind": config.head,
-                "model": frozen.name,
-                "checkpoint": str(ckpt),
-                "active": bool(final.active),
-                "rule": rule,
-                "metrics": summary,
-                "snapshot_counts": snap["counts"],
-            }
+        out = evaluate_and_record(
+            store, result.head, frozen, eval_sets, model_id=model_id, head_id=head_id,
+            version=version, kind=config.head, train_metrics=train_metrics, rule=rule,
+            rule_fn=rule_fn, report=report, should_stop=should_stop,
+            snapshot_counts=snap["counts"],
+        )  # fmt: skip
     except BaseException:
         with store.session() as s:
             fail_head_version(s, head_id)
         raise
     report(1.0, f"head:{version} ready{' and active' if out['active'] else ''}")
     return out
+
+
+def evaluate_and_record(
+    store: Any,
+    head: Any,
+    frozen: FrozenModel,
+    eval_sets: list[dict[str, Any]],
+    *,
+    model_id: int,
+    head_id: int,
+    version: int,
+    kind: str,
+    train_metrics: dict[str, Any],
+    rule: Any,
+    rule_fn: Callable[..., bool],
+    report: Progress,
+    should_stop: Callable[[], bool] | None,
+    snapshot_counts: Any,
+) -> dict[str, Any]:
+    """Evaluate a trained version on every eval set, store its rows and metrics, apply the
+    activation rule: the one post-training path of every learned kind (heads, outlier exposure)."""
+    from db.heads import activate_head, active_head, get_head, set_head_metrics
+    from db.results import add_eval_result
+
+    evals = []
+    for i, ds in enumerate(eval_sets):
+        if should_stop is not None and should_stop():
+            raise Cancelled("training cancelled")
+        report(0.8 + 0.2 * i / len(eval_sets), f"evaluating head:{version} on {ds['name']}")
+        evals.append(_evaluate_one(head, frozen, ds))
+    summary: dict[str, Any] = {"train": train_metrics, "eval": {e["dataset"]: e for e in evals}}
+    for key in ("auprc", "fpr95"):
+        vals = [e["metrics"][key] for e in evals if key in e.get("metrics", {})]
+        summary[f"eval_mean_{key}"] = sum(vals) / len(vals) if vals else None
+    with store.session() as s:
+        for e in evals:
+            if e.get("metrics"):
+                add_eval_result(
+                    s, model_id, f"head:{version}", e["dataset_id"], e["metrics"], e["n_images"],
+                    params={"kind": kind, "head_id": head_id, "protocol": e.get("protocol")},
+                    seconds=e["seconds"],
+                )  # fmt: skip
+        set_head_metrics(s, head_id, summary)
+        old = active_head(s, model_id)
+        if rule_fn(summary, old.metrics if old is not None else None):
+            activate_head(s, head_id)
+        final = get_head(s, head_id)
+        return {
+            "head_id": head_id,
+            "version": version,
+            "kind": kind,
+            "model": frozen.name,
+            "checkpoint": final.checkpoint_path,
+            "active": bool(final.active),
+            "rule": rule,
+            "metrics": summary,
+            "snapshot_counts": snapshot_counts,
+        }
 
 
 def _safe_name(name: str) -> str:
