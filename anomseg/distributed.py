@@ -207,11 +207,7 @@ def evaluate_nproc(
             if finished:
                 break
     except BaseException:
-        for p in pctx.processes:
-            if p.is_alive():
-                p.terminate()
-        for p in pctx.processes:
-            p.join(5)
+        stop_processes(pctx)
         raise
     drain()
     if result is None:
@@ -225,3 +221,12 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_processes(pctx: Any) -> None:
+    """Terminate the still-running processes of a spawn context and reap them (5 s each)."""
+    for p in pctx.processes:
+        if p.is_alive():
+            p.terminate()
+    for p in pctx.processes:
+        p.join(5)

@@ -138,11 +138,9 @@ def train_ddp(
 
                     raise Cancelled("training cancelled")
         except BaseException:
-            for p in pctx.processes:
-                if p.is_alive():
-                    p.terminate()
-            for p in pctx.processes:
-                p.join(5)
+            from anomseg.distributed import stop_processes
+
+            stop_processes(pctx)
             raise
         _drain(q, progress)
         states = [load_file(f"{out_path}.rank{r}") for r in range(nproc)]
