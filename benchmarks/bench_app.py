@@ -91,7 +91,7 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "anomseg",
+        "workbench",
         "serve",
         "--workspace",
         str(root),

@@ -31,7 +31,7 @@ def app_server(tmp_path_factory):
     pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
-    from anomseg.cli.serve_cmd import prepare_workspace
+    from workbench.cli.serve_cmd import prepare_workspace
     from dashboard.app import build_app, launch
     from db import catalog
     from db.workspace import Workspace

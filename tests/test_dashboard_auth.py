@@ -105,7 +105,7 @@ def test_only_the_login_page_is_open_and_login_opens_the_rest(server):
 def test_default_bind_is_loopback(server):
     import argparse
 
-    from anomseg.cli import serve_cmd
+    from workbench.cli import serve_cmd
     from dashboard.app import DEFAULT_HOST
 
     p = argparse.ArgumentParser()

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from anomseg.cli import main as cli_main
+from workbench.cli import main as cli_main
 from anomseg.errors import InputError
 from db import Store, current, head_revision, upgrade
 from db.engine import make_engine

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from anomseg.cli import main as cli_main
+from workbench.cli import main as cli_main
 from anomseg.errors import InputError
 from db import Store, catalog, current, flags, pastes, upgrade
 from db.engine import make_engine

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from anomseg.cli import build_parser, main
+from workbench.cli import build_parser, main
 
 
 def _defaults(argv: list[str]) -> dict:
@@ -68,7 +68,7 @@ def test_the_retrain_tab_request_uses_train_config_defaults(tmp_path):
 
 
 def test_demo_sizes_are_one_set_of_numbers():
-    from anomseg.cli.serve_cmd import DEMO_PRESETS
+    from workbench.cli.serve_cmd import DEMO_PRESETS
     from anomseg.world.demo_data import DEFAULT_COUNTS
     from db.workspace import DemoSizes
 

@@ -122,7 +122,7 @@ def test_batch_of_n_equals_n_single_forwards():
 
 @pytest.mark.realdata
 def test_eval_nproc2_equals_one_process_json(road_anomaly21, erfnet_checkpoint, tmp_path):
-    from anomseg.cli import main
+    from workbench.cli import main
 
     common = [
         "eval", "--model", "erfnet", "--checkpoint", str(erfnet_checkpoint),

@@ -62,7 +62,7 @@ def seed_table(shared: Path, dataset: str) -> dict[str, tuple[float, float]]:
 
 
 def run_cli(*args: str) -> int:
-    from anomseg.cli import main
+    from workbench.cli import main
 
     return main(list(args))
 

@@ -17,7 +17,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import nn
 from torchvision.transforms import Compose, InterpolationMode, Resize, ToTensor
 
-from anomseg.cli import main
+from workbench.cli import main
 from anomseg.data import BenchmarkDataset
 from anomseg.errors import InputError
 from anomseg.evaluate import evaluate

@@ -221,7 +221,7 @@ def test_flag_and_retrain_loop(tmp_path):
 
 
 def test_cli_train_queue_and_worker(tmp_path, capsys):
-    from anomseg.cli import main
+    from workbench.cli import main
 
     build_world(tmp_path, n_train=4, n_eval=2)
     base = [

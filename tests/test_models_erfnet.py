@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anomseg.cli import main as cli_main
+from workbench.cli import main as cli_main
 from anomseg.errors import InputError
 from anomseg.models import create_model, list_models, load_checkpoint
 

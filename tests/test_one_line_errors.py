@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomseg.cli import main
+from workbench.cli import main
 from anomseg.errors import AnomsegError, InputError
 
 DEMO = Path(__file__).resolve().parent.parent / "anomseg" / "assets" / "demo_models"
@@ -47,7 +47,7 @@ def test_a_bad_file_in_a_dataloader_worker_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("size", ["40000x80000", "20000x20000", "70000x10"])
 def test_an_absurd_input_size_is_refused_with_its_limit(size, capsys):
-    from anomseg.cli.eval_cmd import parse_size
+    from workbench.cli.eval_cmd import parse_size
 
     with pytest.raises(InputError, match=r"limit"):
         parse_size(size)

@@ -18,7 +18,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score
 from torchvision.transforms import Compose, InterpolationMode, Resize, ToTensor
 
-from anomseg.cli import main
+from workbench.cli import main
 from anomseg.errors import CheckpointError, InputError
 from anomseg.models.erfnet import ERFNet
 from anomseg.models.heads import create_head, load_head, read_head_metadata, save_head

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomseg.cli import main
+from workbench.cli import main
 from db import catalog, integrity, pastes, transfer
 from db import flags as dbflags
 from db.models import Flag, PasteRevision, SyntheticSample

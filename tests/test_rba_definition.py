@@ -20,7 +20,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_curve
 
 from anomseg import scoring
-from anomseg.cli import main
+from workbench.cli import main
 from anomseg.models import create_model, save_checkpoint
 from anomseg.predict import Predictor
 

@@ -49,7 +49,7 @@ def test_readme_newcomer_commands_run_verbatim_in_a_fresh_clone(tmp_path):
         argv = shlex.split(cmd, comments=True)
         assert argv[0] == "anomseg", cmd
         res = subprocess.run(
-            [sys.executable, "-m", "anomseg", *argv[1:]],
+            [sys.executable, "-m", "workbench", *argv[1:]],
             cwd=clone,
             env=env,
             capture_output=True,
@@ -80,7 +80,7 @@ def test_readme_newcomer_commands_run_verbatim_in_a_fresh_clone(tmp_path):
 
 @pytest.mark.slow
 def test_serve_first_run_logs_each_progress_step_once(tmp_path, capfd):
-    from anomseg.cli.serve_cmd import prepare_workspace
+    from workbench.cli.serve_cmd import prepare_workspace
     from db.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")

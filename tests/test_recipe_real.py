@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from anomseg.cli import main
+from workbench.cli import main
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomseg.cli import main
+from workbench.cli import main
 from anomseg.hashing import file_sha256
 
 DEMO = Path(__file__).resolve().parent.parent / "anomseg" / "assets" / "demo_models"

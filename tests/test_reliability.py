@@ -106,7 +106,7 @@ def _assert_heads_dir_complete(heads_dir: Path, heads: list[dict]) -> None:
 
 
 def _start_worker(root: Path, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "anomseg", "worker", "--workspace", str(root)]
+    cmd = [sys.executable, "-m", "workbench", "worker", "--workspace", str(root)]
     cmd += ["--poll", "0.1", "--heartbeat", "0.2", *extra]
     with open(log, "wb") as f:
         return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT)
@@ -205,7 +205,7 @@ def _synth_config(tmp_path: Path) -> Path:
 
 
 def _synth(cfg: Path, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "anomseg", "synth", "--config", str(cfg), "--out", str(out)]
+    cmd = [sys.executable, "-m", "workbench", "synth", "--config", str(cfg), "--out", str(out)]
     cmd += ["--workers", "1", "--no-progress"]
     return subprocess.Popen(
         cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomseg.cli import main
+from workbench.cli import main
 from anomseg.data.benchmark import BenchmarkDataset
 from anomseg.errors import InputError
 from anomseg.external import evaluate_maps
@@ -194,7 +194,7 @@ def test_round_trip_on_the_real_sets(which, erfnet_checkpoint, tmp_path, request
 def test_eval_table_and_csv_carry_component_columns(tmp_path):
     import csv
 
-    from anomseg.cli.eval_cmd import format_table, write_rows
+    from workbench.cli.eval_cmd import format_table, write_rows
     from anomseg.evaluate import EvalRow
 
     row = EvalRow("RoadAnomaly21", "maxlogit", 0.4, 0.6, 0.78, 10, 1.0,

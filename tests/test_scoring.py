@@ -243,7 +243,7 @@ def test_family_and_extra_scorers(monkeypatch):
 
 
 def test_methods_cli_lists_parameters(capsys):
-    from anomseg.cli import main
+    from workbench.cli import main
 
     assert main(["methods"]) == 0
     out = capsys.readouterr().out

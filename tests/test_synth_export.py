@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from anomseg.cli import main
+from workbench.cli import main
 from anomseg.data.classes import TRAIN_ID
 from anomseg.synth.cityscapes import CityscapesBackgrounds
 from anomseg.synth.coco import CocoObjects

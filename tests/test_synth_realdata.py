@@ -216,7 +216,7 @@ def test_real_erfnet_pseudo_labels_on_a_camvid_frame(camvid, erfnet_checkpoint, 
 
 
 def test_coco_files_pooled(shared):
-    from anomseg.cli.synthetic_cmd import add_arguments, object_spec
+    from workbench.cli.synthetic_cmd import add_arguments, object_spec
     from anomseg.synth.coco import CocoObjects
 
     root = shared / "data" / "coco_subsets"

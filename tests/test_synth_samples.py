@@ -317,7 +317,7 @@ def _write_labelled_train(root: Path, n: int, anomaly_value: int = 1) -> None:
 
 
 def test_labelled_train_datasets_train_and_eval_ones_do_not(ws, tmp_path, capsys):
-    from anomseg.cli import main
+    from workbench.cli import main
     from db import catalog
     from training.dataset import TrainImage, build_pixel_set, training_images_from_store
 
@@ -360,7 +360,7 @@ def test_labelled_train_datasets_train_and_eval_ones_do_not(ws, tmp_path, capsys
 
 
 def test_cli_add_synthetic(tmp_path, capsys):
-    from anomseg.cli import main
+    from workbench.cli import main
     from db.workspace import Workspace
 
     _write_camvid_like(tmp_path / "cv")

@@ -90,7 +90,7 @@ def test_register_benchmark_refuses_a_broken_dataset_and_writes_nothing(ws, tmp_
 
 
 def test_cli_add_dataset_registers_a_valid_benchmark(ws, tmp_path):
-    from anomseg.cli import main
+    from workbench.cli import main
 
     root = tmp_path / "RoadAnomaly"
     (root / "images").mkdir(parents=True)

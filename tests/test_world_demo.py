@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomseg.cli import main
+from workbench.cli import main
 from anomseg.data.classes import TRAIN_ID
 from anomseg.synth.records import PasteRecord
 from anomseg.synth.render import render

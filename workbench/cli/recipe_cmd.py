@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     """Run or resume the recipe, print the table."""
     from pathlib import Path
 
-    from anomseg.cli.eval_cmd import parse_size
+    from workbench.cli.eval_cmd import parse_size
     from anomseg.errors import InputError
     from training.real_recipe import PASTES, Budget, format_results, run_real_recipe
 

@@ -352,7 +352,7 @@ def head_scorers(
 def run(args: argparse.Namespace) -> int:
     """Validate everything, build the model once, evaluate, print, write."""
     if getattr(args, "scores", None) is not None:
-        from anomseg.cli.scores_eval import run_scores
+        from workbench.cli.scores_eval import run_scores
 
         return run_scores(args)
     if args.model is None:

@@ -87,7 +87,7 @@ def record(store: Any, ds: Any, row: Any, folder: Path) -> int:
 
 def run_scores(args: argparse.Namespace) -> int:
     """Validate, evaluate every dataset's maps, print, write, record."""
-    from anomseg.cli.eval_cmd import check_out, format_table, parse_remap, write_rows
+    from workbench.cli.eval_cmd import check_out, format_table, parse_remap, write_rows
     from anomseg.data.benchmark import BenchmarkDataset
     from anomseg.evaluate import check_metric_mode
     from anomseg.external import check_name, evaluate_maps

@@ -30,7 +30,7 @@ def add_arguments_add_dataset(p: argparse.ArgumentParser) -> None:
 def run_add_dataset(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from anomseg.cli.eval_cmd import parse_remap
+    from workbench.cli.eval_cmd import parse_remap
     from anomseg.errors import InputError
     from db import catalog
     from db.workspace import Workspace
@@ -74,7 +74,7 @@ def add_arguments_add_model(p: argparse.ArgumentParser) -> None:
 
 
 def run_add_model(args: argparse.Namespace) -> int:
-    from anomseg.cli.eval_cmd import parse_size
+    from workbench.cli.eval_cmd import parse_size
     from db import catalog
     from db.workspace import Workspace
 

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, build the model once, write the maps."""
-    from anomseg.cli.eval_cmd import head_scorers, parse_remap, parse_size, split_methods
+    from workbench.cli.eval_cmd import head_scorers, parse_remap, parse_size, split_methods
     from anomseg.data.benchmark import BenchmarkDataset
     from anomseg.evaluate import parse_methods
     from anomseg.models.registry import create_model

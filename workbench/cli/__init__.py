@@ -15,24 +15,24 @@ from anomseg.errors import AnomsegError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "eval": ("anomseg.cli.eval_cmd", "evaluate models x methods on anomaly benchmarks"),
-    "methods": ("anomseg.cli.methods_cmd", "list scoring methods and their parameters"),
-    "models": ("anomseg.cli.models_cmd", "list model architectures and registered models"),
-    "synth": ("anomseg.cli.synth_cmd", "render synthetic anomaly pastes from a YAML config"),
-    "demo": ("anomseg.cli.demo_cmd", "build the built-in world's data / re-train its models"),
-    "db": ("anomseg.cli.db_cmd", "database: upgrade, backup, restore, export, import"),
-    "train": ("anomseg.cli.train_cmd", "train an anomaly head from the store"),
-    "recipe": ("anomseg.cli.recipe_cmd", "reproduce the real-data table (recipe real)"),
-    "worker": ("anomseg.cli.worker_cmd", "run the background job worker"),
-    "serve": ("anomseg.cli.serve_cmd", "start the dashboard"),
-    "add-dataset": ("anomseg.cli.register_cmd", "register a benchmark or training dataset"),
-    "add-model": ("anomseg.cli.register_cmd", "register a model checkpoint"),
+    "eval": ("workbench.cli.eval_cmd", "evaluate models x methods on anomaly benchmarks"),
+    "methods": ("workbench.cli.methods_cmd", "list scoring methods and their parameters"),
+    "models": ("workbench.cli.models_cmd", "list model architectures and registered models"),
+    "synth": ("workbench.cli.synth_cmd", "render synthetic anomaly pastes from a YAML config"),
+    "demo": ("workbench.cli.demo_cmd", "build the built-in world's data / re-train its models"),
+    "db": ("workbench.cli.db_cmd", "database: upgrade, backup, restore, export, import"),
+    "train": ("workbench.cli.train_cmd", "train an anomaly head from the store"),
+    "recipe": ("workbench.cli.recipe_cmd", "reproduce the real-data table (recipe real)"),
+    "worker": ("workbench.cli.worker_cmd", "run the background job worker"),
+    "serve": ("workbench.cli.serve_cmd", "start the dashboard"),
+    "add-dataset": ("workbench.cli.register_cmd", "register a benchmark or training dataset"),
+    "add-model": ("workbench.cli.register_cmd", "register a model checkpoint"),
     "export-scores": (
-        "anomseg.cli.export_cmd",
+        "workbench.cli.export_cmd",
         "write score maps per image and method (official SegmentMeIfYouCan layout or .npy)",
     ),
     "add-synthetic": (
-        "anomseg.cli.synthetic_cmd",
+        "workbench.cli.synthetic_cmd",
         "create / fill a synthetic dataset: real backgrounds x COCO objects, stored pastes",
     ),
 }

@@ -1,5 +1,0 @@
-import sys
-
-from anomseg.cli import main
-
-sys.exit(main())
