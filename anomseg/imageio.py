@@ -25,9 +25,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from anomseg.errors import InputError
 from anomseg.hashing import file_sha256
-
-DEFAULT_MAX_PIXELS = 64_000_000
-MAX_PIXELS_ENV = "ANOMSEG_MAX_PIXELS"
+from anomseg.settings import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, max_pixels_env
 
 # LOAD_TRUNCATED_IMAGES is a PIL global that other libraries sometimes switch on; we force it off
 # for the duration of a decode, under a lock so that concurrent readers see a consistent value.
@@ -42,18 +40,8 @@ def max_pixels(limit: int | None = None) -> int:
         if limit <= 0:
             raise InputError(f"max_pixels must be a positive integer, got {limit}")
         return int(limit)
-    env = os.environ.get(MAX_PIXELS_ENV)
-    if env is None or env.strip() == "":
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(env)
-    except ValueError:
-        raise InputError(
-            f"${MAX_PIXELS_ENV}={env!r} is not an integer; expected a pixel count such as 64000000"
-        ) from None
-    if value <= 0:
-        raise InputError(f"${MAX_PIXELS_ENV}={env!r}; expected a positive pixel count")
-    return value
+    from_env = max_pixels_env()
+    return DEFAULT_MAX_PIXELS if from_env is None else from_env
 
 
 def _check_file(path: Path) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from anomseg.settings import REPO_ROOT, shared_candidate
+
+__all__ = ["REPO_ROOT", "shared_dir"]
 
 
 def shared_dir() -> Path | None:
     """The shared real-data folder if present, else None (the product runs without it)."""
-    env = os.environ.get("ANOMSEG_SHARED")
-    cand = Path(env) if env else REPO_ROOT.parent / "shared"
+    cand = shared_candidate()
     return cand if cand.is_dir() else None

@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from anomseg import settings
 from anomseg.errors import InputError
 
 DB_FILENAME = "anomseg.sqlite"
@@ -37,16 +38,16 @@ T = TypeVar("T")
 
 
 def default_workspace() -> Path:
-    """``$ANOMSEG_WORKSPACE`` or ``./workspace``."""
-    return Path(os.environ.get("ANOMSEG_WORKSPACE") or "workspace")
+    """``$ANOMSEG_WORKSPACE`` or ``./workspace`` (``anomseg.settings``)."""
+    return settings.workspace_dir()
 
 
 def resolve_url(url: str | None = None, workspace: str | os.PathLike | None = None) -> str:
     """The database URL from an explicit URL, a workspace, ``$ANOMSEG_DB_URL``, or the default."""
     if url:
         return url
-    if workspace is None and os.environ.get("ANOMSEG_DB_URL"):
-        return os.environ["ANOMSEG_DB_URL"]
+    if workspace is None and settings.db_url():
+        return settings.db_url()
     ws = Path(workspace) if workspace is not None else default_workspace()
     return sqlite_url(ws / DB_FILENAME)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anomseg import settings
 from anomseg.errors import DatasetError, InputError
 from db.engine import Store
 
@@ -67,7 +68,7 @@ class Workspace:
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, url: str | None = None) -> Workspace:
         """Open (creating) a workspace folder and upgrade its store to the newest schema."""
-        root_path = Path(root or os.environ.get("ANOMSEG_WORKSPACE") or "workspace").expanduser()
+        root_path = settings.workspace_dir(root).expanduser()
         if root_path.exists() and not root_path.is_dir():
             raise InputError(f"workspace {root_path} exists and is not a directory")
         root_path.mkdir(parents=True, exist_ok=True)

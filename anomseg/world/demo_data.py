@@ -37,6 +37,7 @@ from PIL import Image
 
 from anomseg.data.classes import IGNORE, TRAIN_ID
 from anomseg.errors import InputError
+from anomseg.settings import workspace_dir
 from anomseg.synth.geometry import placed_box, transform_mask
 from anomseg.synth.placement import PlacementConfig, propose
 from anomseg.synth.records import PasteRecord
@@ -409,7 +410,7 @@ def _datasets_json(by_split: dict[str, list[dict]], seed: int, size: tuple[int, 
 
 def default_demo_dir() -> Path:
     """``$ANOMSEG_WORKSPACE/demo`` (or ``./workspace/demo``): where ``anomseg demo build`` writes."""
-    return Path(os.environ.get("ANOMSEG_WORKSPACE") or "workspace") / "demo"
+    return workspace_dir() / "demo"
 
 
 PICTURE_SEED = 4
