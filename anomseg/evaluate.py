@@ -489,6 +489,39 @@ def evaluate(
     return rows
 
 
+def attach_protocol(
+    rows: Sequence[EvalRow],
+    datasets: Sequence[PairedDataset],
+    input_size: Any,
+    *,
+    checkpoint_sha256: str = "",
+    skip_empty: bool = True,
+    score_size: str = "input",
+) -> None:
+    """Fill every row's protocol card (``anomseg.protocol``): what ``anomseg eval``, the
+    evaluate job and the trainer's post-training evaluation all store beside their figures.
+    ``input_size`` is the predictor's; the metric mode is the row's own."""
+    from anomseg.components import track_for
+    from anomseg.protocol import card, dataset_sha256
+
+    by_name = {d.name: d for d in datasets}
+    hashes: dict[str, str] = {}  # a dataset's files are hashed once, however many methods
+    for r in rows:
+        ds = by_name.get(r.dataset)
+        if ds is not None and r.dataset not in hashes:
+            hashes[r.dataset] = dataset_sha256(ds)
+        r.protocol = card(
+            input_size=input_size,
+            score_size=score_size,
+            skip_empty=skip_empty,
+            label_remap=getattr(ds, "remap", None),
+            metric_mode=r.metric_mode,
+            track=track_for(r.dataset),
+            checkpoint_sha256=checkpoint_sha256,
+            dataset_sha256=hashes.get(r.dataset, ""),
+        )
+
+
 def evaluate_segmentation(
     predictor: Any,
     dataset: PairedDataset,

@@ -73,6 +73,50 @@ def add_eval_result(
     return row
 
 
+def record_eval_rows(
+    session: Session,
+    model_id: int,
+    rows: Iterable[Any],
+    dataset_ids: Mapping[str, int],
+    *,
+    params: Mapping[str, Any] | None = None,
+) -> list[EvalResult]:
+    """Store evaluation rows of one model: the one way results reach the store.
+
+    ``rows`` are ``anomseg.evaluate.EvalRow`` (or anything with its fields: dataset, method,
+    metrics, n_images, per_image, protocol, seconds); ``dataset_ids`` maps a row's dataset
+    name to its Dataset id. Each row is stored with its metrics, its per-image values (what a
+    leaderboard's worst images read) and its protocol card in ``params["protocol"]``, beside
+    ``params``. A row with no image used holds no figure and is not stored. Call it inside one
+    write transaction (``Store.session`` / ``transact`` roll back on any error), so a bad row
+    leaves none of its siblings stored.
+    """
+    rows = [r for r in rows if r.n_images]
+    missing = sorted({r.dataset for r in rows} - set(dataset_ids))
+    if missing:
+        raise InputError(
+            f"dataset(s) {', '.join(map(repr, missing))} have no dataset id; expected one of: "
+            f"{', '.join(map(repr, sorted(dataset_ids))) or 'none given'}"
+        )
+    out = []
+    for r in rows:
+        protocol = getattr(r, "protocol", None)
+        out.append(
+            add_eval_result(
+                session,
+                model_id,
+                r.method,
+                dataset_ids[r.dataset],
+                r.metrics,
+                r.n_images,
+                params={**(params or {}), **({"protocol": protocol} if protocol else {})},
+                per_image=list(r.per_image) or None,
+                seconds=r.seconds,
+            )
+        )
+    return out
+
+
 def leaderboard(
     session: Session,
     *,

@@ -4,6 +4,8 @@ by sIoU, 'these rows differ in protocol', and Compare's threshold view (checked 
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -154,14 +156,16 @@ def test_trainer_head_evaluation_reports_component_metrics(ws):  # noqa: F811
     from anomseg.metrics import AnomalyMetrics
     from anomseg.models.heads import head_scorer, load_head
     from db import catalog
-    from training.trainer import evaluate_head
+    from training.trainer import evaluate_version
 
     head, _meta = load_head(ws.heads_dir / "v1.safetensors")
     with ws.store.read() as s:
-        root = catalog.get_dataset(s, "mini-eval").root
-    ds = BenchmarkDataset(root)
+        d = catalog.get_dataset(s, "mini-eval")
+        row = {"id": d.id, "name": d.name, "root": d.root, "remap": None}
+    ds = BenchmarkDataset(row["root"])
     predictor = ws.predictor("tiny-erfnet")
-    out = evaluate_head(head, predictor, ds)["metrics"]
+    frozen = types.SimpleNamespace(get_predictor=lambda: predictor, checkpoint_sha256="")
+    out = evaluate_version(head, frozen, row, "head:1")[0]["metrics"]
     # the same numbers from the metric objects directly
     score, pix, pairs = head_scorer(head), AnomalyMetrics(), []
     for _n, pred, label in predictor.predict_dataset(ds):

@@ -334,43 +334,6 @@ def _eval_datasets(session: Any) -> list[dict[str, Any]]:
     ]
 
 
-@torch.no_grad()
-def evaluate_head(
-    head: Head, predictor: Any, dataset: Any, skip_without_anomaly: bool = True
-) -> dict[str, Any]:
-    """AuPRC / FPR95 / AUROC and SegmentMeIfYouCan's component metrics (sIoU, PPV, mean F1)
-    of a head on one benchmark (the ``anomseg.evaluate`` protocol)."""
-    from anomseg.components import DeferredComponents
-    from anomseg.imageio import resize_label
-    from anomseg.metrics import AnomalyMetrics
-    from anomseg.models.heads import head_scorer
-
-    score = head_scorer(head)
-    metrics = AnomalyMetrics(mode="exact")
-    components = DeferredComponents()
-    components.for_dataset(dataset.name)
-    used = skipped = 0
-    for _name, pred, label in predictor.predict_dataset(dataset):
-        if label is None:
-            raise InputError(f"dataset {dataset.name!r}: an image has no label to score")
-        lab = label if label.shape == pred.size else resize_label(label, pred.size)
-        if skip_without_anomaly and not (lab == 1).any():
-            skipped += 1
-            continue
-        used += 1
-        s = score(pred)
-        metrics.update(s, lab)
-        hw = (getattr(pred, "meta", None) or {}).get("image_size")
-        components.update(s, lab, index=used, native_hw=hw)
-    res = metrics.compute() if used else {}
-    out = {k: float(res[k]) for k in ("auprc", "fpr95", "auroc") if k in res}
-    if used:  # at the best pixel-F1 threshold, as the benchmark
-        comp = components.compute(metrics.best_f1_threshold())
-        comp.pop("per_image", None)
-        out.update(comp)
-    return {"metrics": out, "n_images": used, "n_skipped": skipped}
-
-
 def train_head(
     store: Any,
     workspace: str | Any,
@@ -536,26 +499,32 @@ def evaluate_and_record(
     """Evaluate a trained version on every eval set, store its rows and metrics, apply the
     activation rule: the one post-training path of every learned kind (heads, outlier exposure)."""
     from db.heads import activate_head, active_head, get_head, set_head_metrics
-    from db.results import add_eval_result
+    from db.results import record_eval_rows
 
-    evals = []
+    method = f"head:{version}"
+    evals, rows = [], []
     for i, ds in enumerate(eval_sets):
         if should_stop is not None and should_stop():
             raise Cancelled("training cancelled")
-        report(0.8 + 0.2 * i / len(eval_sets), f"evaluating head:{version} on {ds['name']}")
-        evals.append(_evaluate_one(head, frozen, ds))
+        report(0.8 + 0.2 * i / len(eval_sets), f"evaluating {method} on {ds['name']}")
+
+        def on_image(_ds: str, done: int, n: int, i: int = i) -> None:
+            if should_stop is not None and should_stop():
+                raise Cancelled("training cancelled")
+            report(0.8 + 0.2 * (i + done / max(n, 1)) / len(eval_sets),
+                   f"evaluating {method} on {_ds}: {done}/{n}")  # fmt: skip
+
+        entry, row = evaluate_version(head, frozen, ds, method, on_image)
+        evals.append(entry)
+        rows.extend([row] if row is not None else [])
     summary: dict[str, Any] = {"train": train_metrics, "eval": {e["dataset"]: e for e in evals}}
     for key in ("auprc", "fpr95"):
         vals = [e["metrics"][key] for e in evals if key in e.get("metrics", {})]
         summary[f"eval_mean_{key}"] = sum(vals) / len(vals) if vals else None
     with store.session() as s:
-        for e in evals:
-            if e.get("metrics"):
-                add_eval_result(
-                    s, model_id, f"head:{version}", e["dataset_id"], e["metrics"], e["n_images"],
-                    params={"kind": kind, "head_id": head_id, "protocol": e.get("protocol")},
-                    seconds=e["seconds"],
-                )  # fmt: skip
+        # per-image values included: the leaderboard's worst images of a version read them
+        ids = {e["dataset"]: e["dataset_id"] for e in evals}
+        record_eval_rows(s, model_id, rows, ids, params={"kind": kind, "head_id": head_id})
         set_head_metrics(s, head_id, summary)
         old = active_head(s, model_id)
         if rule_fn(summary, old.metrics if old is not None else None):
@@ -580,45 +549,46 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "model"
 
 
-def _protocol(frozen: FrozenModel, bench: Any) -> dict[str, Any]:
-    """The protocol card of a head evaluation (``anomseg.protocol``)."""
-    from anomseg.components import track_for
-    from anomseg.protocol import card, dataset_sha256
-
-    return card(
-        input_size=getattr(frozen.get_predictor(), "input_size", None),
-        score_size="input",
-        skip_empty=True,
-        label_remap=bench.remap,
-        metric_mode="exact",
-        track=track_for(bench.name),
-        checkpoint_sha256=frozen.checkpoint_sha256 or "",
-        dataset_sha256=dataset_sha256(bench),
-    )
-
-
-def _evaluate_one(head: Head, frozen: FrozenModel, ds: dict[str, Any]) -> dict[str, Any]:
+def evaluate_version(
+    head: Head,
+    frozen: FrozenModel,
+    ds: dict[str, Any],
+    method: str,
+    on_image: Callable[[str, int, int], None] | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """(summary entry, ``EvalRow`` or None) of a trained version on one eval dataset: scored by
+    ``anomseg.evaluate`` with the head as the scorer ``method`` (the protocol of every other
+    result), its protocol card attached. A dataset that cannot be read gives an entry holding
+    its error and no row, so one broken set does not fail the version. ``frozen`` is anything
+    with ``get_predictor()`` and ``checkpoint_sha256`` (a ``FrozenModel``)."""
     from anomseg.data.benchmark import BenchmarkDataset
-    from anomseg.errors import AnomsegError
+    from anomseg.evaluate import attach_protocol, evaluate
+    from anomseg.models.heads import head_spec
 
     t0 = time.perf_counter()
+    entry: dict[str, Any] = {"dataset": ds["name"], "dataset_id": ds["id"]}
     try:
         remap = {int(k): int(v) for k, v in ds["remap"].items()} if ds.get("remap") else "auto"
         bench = BenchmarkDataset(ds["root"], remap=remap, name=ds["name"])
-        res = evaluate_head(head, frozen.get_predictor(), bench)
-        res["protocol"] = _protocol(frozen, bench)
+        predictor = frozen.get_predictor()
+        (row,) = evaluate(
+            predictor, [bench], [method], progress=False, on_image=on_image,
+            extra={method: head_spec(method, head)},
+        )  # fmt: skip
+        attach_protocol(
+            [row], [bench], getattr(predictor, "input_size", None),
+            checkpoint_sha256=frozen.checkpoint_sha256 or "",
+        )  # fmt: skip
+    except Cancelled:
+        raise
     except AnomsegError as exc:
-        return {
-            "dataset": ds["name"],
-            "dataset_id": ds["id"],
-            "error": str(exc),
-            "metrics": {},
-            "n_images": 0,
-            "seconds": time.perf_counter() - t0,
-        }
-    return {
-        "dataset": ds["name"],
-        "dataset_id": ds["id"],
-        **res,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+        entry.update(error=str(exc), metrics={}, n_images=0, seconds=time.perf_counter() - t0)
+        return entry, None
+    entry.update(
+        metrics=dict(row.metrics) if row.n_images else {},
+        n_images=row.n_images,
+        n_skipped=row.n_skipped,
+        protocol=row.protocol,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    return entry, row

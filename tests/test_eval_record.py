@@ -1,0 +1,163 @@
+"""One evaluate-and-record path: a head version's results are computed by ``anomseg.evaluate``
+and stored by ``db.results.record_eval_rows`` with their per-image values and protocol card.
+
+The world is test_loop's colour model (its uncertainty known by construction); the reference
+figures are recomputed here from the head's maps with scikit-learn.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sqlalchemy import select
+from test_loop import ColourNet, build_world, head_map
+
+from anomseg.errors import InputError
+
+N_EVAL = 5
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from training.trainer import TrainConfig, train_head
+
+    root = tmp_path_factory.mktemp("record")
+    store, _train, ids = build_world(root, n_train=8, n_eval=N_EVAL)
+    cfg = TrainConfig(head="stats", epochs=1, batch_pixels=512, steps_per_epoch=20, threads=1)
+    out = train_head(store, root, "colour", cfg, activate="auprc_and_fpr95_improve")
+    yield root, store, ids, out
+    store.close()
+
+
+def _bench(root):
+    from anomseg.data.benchmark import BenchmarkDataset
+
+    return BenchmarkDataset(root / "bench", name="bench")
+
+
+def test_trainer_stores_what_evaluate_computes_and_sklearn_agrees(trained):
+    from anomseg.evaluate import evaluate
+    from anomseg.models.heads import head_spec, load_head
+    from anomseg.predict import Predictor
+    from anomseg.protocol import FIELDS
+    from db.models import EvalResult
+
+    root, store, _ids, out = trained
+    with store.read() as s:
+        (res,) = s.scalars(select(EvalResult).where(EvalResult.method == "head:1")).all()
+        stored, per, params, n = res.metrics, res.per_image, res.params, res.n_images
+
+    # the library's evaluation of the same head file, outside the trainer
+    head, _meta = load_head(out["checkpoint"])
+    (row,) = evaluate(
+        Predictor(ColourNet(), device="cpu"), [_bench(root)], ["head:1"], progress=False,
+        extra={"head:1": head_spec("head:1", head)},
+    )  # fmt: skip
+    assert (stored["auprc"], stored["fpr95"], stored["auroc"]) == (row.auprc, row.fpr95, row.auroc)
+    assert n == row.n_images == N_EVAL
+    # the summary the activation rule judges holds the same numbers
+    assert out["metrics"]["eval_mean_auprc"] == stored["auprc"]
+    assert out["metrics"]["eval_mean_fpr95"] == stored["fpr95"]
+    assert out["active"]  # first version, the rule has nothing to beat
+
+    # scikit-learn on the head's maps, computed from the image files
+    maps, labels = [], []
+    for i in range(N_EVAL):
+        rgb = np.asarray(PILImage.open(root / "bench/images" / f"e{i}.png"))
+        maps.append(head_map(out["checkpoint"], rgb))
+        labels.append(np.asarray(PILImage.open(root / "bench/labels_masks" / f"e{i}.png")) == 1)
+    y, sc = np.concatenate([g.ravel() for g in labels]), np.concatenate([m.ravel() for m in maps])
+    fpr, tpr, _ = roc_curve(y, sc, drop_intermediate=False)
+    assert stored["auprc"] == pytest.approx(average_precision_score(y, sc), abs=1e-7)
+    assert stored["fpr95"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-7)
+    assert stored["auroc"] == pytest.approx(roc_auc_score(y, sc), abs=1e-7)
+
+    # per-image values (the drill-down's worst images), one per image, each its own AP
+    assert [p["name"] for p in per] == [f"e{i}" for i in range(N_EVAL)]
+    for p, m, g in zip(per, maps, labels, strict=True):
+        assert p["auprc"] == pytest.approx(average_precision_score(g.ravel(), m.ravel()), abs=1e-7)
+        assert p["n_anomaly"] == int(g.sum()) and "siou" in p
+    # the protocol card and the version's identity beside them
+    assert set(params["protocol"]) == set(FIELDS)
+    assert params["protocol"]["input_size"] == "32x64" and params["protocol"]["skip_empty"]
+    assert (params["kind"], params["head_id"]) == ("stats", out["head_id"])
+    assert out["metrics"]["eval"]["bench"]["protocol"] == params["protocol"]
+
+
+def test_head_evaluation_cancels_and_reports_unreadable_sets(trained):
+    from anomseg.models.heads import load_head
+    from anomseg.predict import Predictor
+    from training.trainer import Cancelled, evaluate_version
+
+    root, _store, ids, out = trained
+    head, _meta = load_head(out["checkpoint"])
+    frozen = types.SimpleNamespace(
+        get_predictor=lambda: Predictor(ColourNet(), device="cpu"), checkpoint_sha256=None
+    )
+    ds = {"id": ids["bench"], "name": "bench", "root": str(root / "bench"), "remap": None}
+    seen = []
+
+    def stop(_name, done, _n):
+        seen.append(done)
+        if done == 2:
+            raise Cancelled("training cancelled")
+
+    # a cancel mid-evaluation ends the run; it is not mistaken for an unreadable dataset
+    with pytest.raises(Cancelled):
+        evaluate_version(head, frozen, ds, "head:1", stop)
+    assert seen == [1, 2]
+    entry, row = evaluate_version(head, frozen, {**ds, "root": str(root / "nowhere")}, "head:1")
+    assert row is None and entry["metrics"] == {} and "nowhere" in entry["error"]
+
+
+def _row(dataset, method, n, per=(), protocol=None):
+    from anomseg.evaluate import EvalRow
+
+    return EvalRow(
+        dataset=dataset, method=method, auprc=0.25, fpr95=0.5, auroc=0.75, n_images=n,
+        seconds=1.5, per_image=list(per), protocol=protocol or {}, components={"siou": 0.1},
+    )  # fmt: skip
+
+
+def test_record_eval_rows_stores_figures_per_image_and_card(trained):
+    from db.models import EvalResult
+    from db.results import record_eval_rows
+
+    _root, store, ids, _out = trained
+    per = [{"name": "e0", "auprc": 0.2}, {"name": "e1", "auprc": 0.3}]
+    rows = [
+        _row("bench", "msp", 2, per, {"metric_mode": "exact"}),
+        _row("bench", "energy", 0),  # no image used: nothing to store
+        _row("bench", "maxlogit", 2),
+    ]
+    stored = store.transact(
+        lambda s: [
+            (r.id, r.method, r.metrics, r.per_image, r.params, r.n_images, r.seconds)
+            for r in record_eval_rows(
+                s, ids["model"], rows, {"bench": ids["bench"]}, params={"recipe": "t"}
+            )
+        ]
+    )
+    assert [m for _i, m, *_ in stored] == ["msp", "maxlogit"]
+    _id, _m, metrics, got_per, params, n, secs = stored[0]
+    assert metrics == {"auprc": 0.25, "fpr95": 0.5, "auroc": 0.75, "siou": 0.1}
+    assert got_per == per and (n, secs) == (2, 1.5)
+    assert params == {"recipe": "t", "protocol": {"metric_mode": "exact"}}
+    assert stored[1][3] is None and stored[1][4] == {"recipe": "t"}  # no per-image, no card
+
+    # a row whose dataset has no id is refused by name, before any row of the call is stored
+    with store.read() as s:
+        before = len(s.scalars(select(EvalResult)).all())
+    with pytest.raises(InputError, match="'other'.*expected one of: 'bench'"):
+        store.transact(
+            lambda s: record_eval_rows(
+                s, ids["model"], [_row("bench", "rba", 1), _row("other", "rba", 1)],
+                {"bench": ids["bench"]},
+            )  # fmt: skip
+        )
+    with store.read() as s:
+        assert len(s.scalars(select(EvalResult)).all()) == before
