@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from anomseg.atomic import atomic_write
 from anomseg.errors import InputError
 from anomseg.registry import Registry
 
@@ -63,27 +63,14 @@ def resize_scores(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=tuple(hw), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_hdf5(path: Path, scores: np.ndarray) -> None:
     import h5py
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("value", data=scores.astype(np.float16), compression=9)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _read_hdf5(path: Path) -> np.ndarray:
@@ -99,11 +86,11 @@ def _read_hdf5(path: Path) -> np.ndarray:
 
 
 def _write_npy(path: Path, scores: np.ndarray) -> None:
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(scores, dtype=np.float32))
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _read_npy(path: Path) -> np.ndarray:

@@ -26,9 +26,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from anomseg.atomic import atomic_paths
 from anomseg.errors import InputError
 from db.catalog import add_image, register_dataset
-from db.engine import Store, sqlite_path
+from db.engine import sqlite_path
 from db.masks import bbox_of, encode_mask, mask_from_png, mask_to_png
 from db.models import (
     FLAG_KINDS,
@@ -43,6 +44,7 @@ from db.models import (
     check_uid,
     dump_json,
 )
+from db.store import Store
 
 EXPORT_FORMAT = "anomseg-export"
 EXPORT_VERSION = 1
@@ -74,9 +76,7 @@ def backup(store: Store, out: str | os.PathLike) -> Path:
         raise InputError(f"backup target {out_path} already exists; choose a new name")
     if not out_path.parent.is_dir():
         raise InputError(f"backup folder {out_path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".backup-", suffix=".sqlite", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with atomic_paths(out_path) as (tmp,):
         src = sqlite3.connect(src_path, timeout=30)
         dst = sqlite3.connect(tmp)
         try:
@@ -88,10 +88,6 @@ def backup(store: Store, out: str | os.PathLike) -> Path:
         finally:
             dst.close()
             src.close()
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out_path
 
 

@@ -17,8 +17,8 @@ Layout::
     <workspace>/cache/features/<model key[:16]>/<H>x<W>-s<stride>/<image hash[:2]>/<image hash>.safetensors
 
 One safetensors file per entry; its header metadata repeats the full key (format, model, image,
-size, stride) and the sha256 of the tensor bytes. Writes go to a temporary file in the same folder
-and are renamed (``os.replace``), so readers never see half a file; a file that fails to parse,
+size, stride) and the sha256 of the tensor bytes. Writes go through ``anomseg.atomic`` (a
+temporary file in the same folder, renamed), so readers never see half a file; a file that fails to parse,
 has another key or whose checksum differs (a truncated or bit-flipped write) is deleted and
 recomputed.
 """
@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from anomseg.atomic import atomic_write
 
 CACHE_FORMAT = "anomseg-features/1"  # bump when the statistics' definition changes
 DEFAULT_STRIDE = 2
@@ -172,13 +173,8 @@ class FeatureCache:
         meta = self._meta(model_key, image_hash, size)
         meta["sha256"] = _digest(tensors)
         path = self.path(model_key, image_hash, size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # not flushed: a torn or lost entry fails its checksum and is recomputed
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), durable=False)
         return CachedFeatures(tensors["stats"], tensors.get("features"), tuple(size), self.stride)
 
     def put_prediction(self, model_key: str, image_hash: str, prediction: Any) -> CachedFeatures:

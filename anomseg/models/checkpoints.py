@@ -15,9 +15,7 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from anomseg.atomic import atomic_paths
 from anomseg.errors import CheckpointError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -211,19 +210,6 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
         model.load_state_dict(state, strict=True)
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``; return the temp path."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make shared checkpoints unreadable to others
-    try:
-        write(Path(tmp))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
 def save_checkpoint(
     model_or_state: nn.Module | Mapping[str, torch.Tensor],
     path: str | Path,
@@ -248,13 +234,7 @@ def save_checkpoint(
         meta_text = json.dumps(meta, indent=2, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"metadata for {path} is not JSON-serialisable ({exc})") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_w = _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    try:
-        tmp_j = _atomic_write(path, lambda p: p.write_text(meta_text + "\n"))
-    except BaseException:
-        tmp_w.unlink(missing_ok=True)
-        raise
-    os.replace(tmp_w, path)
-    os.replace(tmp_j, sidecar_path(path))
+    with atomic_paths(path, sidecar_path(path)) as (tmp_w, tmp_j):
+        save_file(tensors, str(tmp_w), metadata={"format": "pt"})
+        tmp_j.write_text(meta_text + "\n")
     return path

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomseg.atomic import atomic_paths
 from anomseg.errors import CheckpointError
 from anomseg.head_geometry import STITCHED, WINDOW, check_geometry
 from anomseg.models.outlier_exposure import OEHead
@@ -222,20 +223,12 @@ def save_head(head: Head, path: str | os.PathLike, **meta: Any) -> str:
     state = own() if own is not None else head.state_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     text = json.dumps(head_metadata(head, **meta), sort_keys=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     side = path.with_name(path.stem + ".json")
-    side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_paths(path, side) as (tmp, side_tmp):
         save_file(tensors, str(tmp), metadata={"anomseg": text})
         with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
             digest = hashlib.file_digest(f, "sha256").hexdigest()
         side_tmp.write_text(json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-        os.replace(side_tmp, side)
-    finally:
-        tmp.unlink(missing_ok=True)
-        side_tmp.unlink(missing_ok=True)
     return digest
 
 

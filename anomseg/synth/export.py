@@ -16,7 +16,7 @@ uses its own (seed, background id) stream. Nothing depends on other backgrounds,
 Resume: each finished item is appended to the manifest at once; a re-run reads it (ignoring a
 torn last line), skips items whose records hash and render settings are unchanged and whose
 files exist, and at the end rewrites the manifest atomically with one line per background.
-Temporary files a killed run left (``write_atomic``'s ``.<name>.*.tmp``) are deleted first.
+Temporary files a killed run left (``atomic_write``'s ``.<name>.*.tmp``) are deleted first.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from anomseg.atomic import TMP_GLOB, atomic_write
 from anomseg.synth.config import SynthConfig, build_sources
-from anomseg.synth.imageio import encode_image, write_atomic
+from anomseg.synth.imageio import encode_image
 from anomseg.synth.placement import propose, rng_for
 from anomseg.synth.records import PasteRecord, records_hash
 from anomseg.synth.render import render
@@ -114,9 +115,14 @@ def write_sample(
     )
     outs = entry["outputs"]
     fmt = cfg.export.image_format
-    write_atomic(out / outs["image"], encode_image(rendered.rgb, fmt, cfg.export.jpg_quality))
-    write_atomic(out / outs["gt"], encode_image(rendered.gt))
-    write_atomic(out / outs["instances"], encode_image(rendered.instances))
+    # not flushed one by one: a file lost to a crash is re-rendered from its manifest entry
+    files = (
+        (outs["image"], encode_image(rendered.rgb, fmt, cfg.export.jpg_quality)),
+        (outs["gt"], encode_image(rendered.gt)),
+        (outs["instances"], encode_image(rendered.instances)),
+    )
+    for name, data in files:
+        atomic_write(out / name, data, durable=False)
 
 
 def _unchanged(prev: dict | None, entry: dict, out: Path) -> bool:
@@ -198,11 +204,11 @@ def _line(entry: dict) -> str:
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete ``write_atomic`` temporaries (``.<name>.*.tmp``) left by a killed earlier run."""
+    """Delete ``atomic_write`` temporaries (``.<name>.*.tmp``) left by a killed earlier run."""
     # one export per folder at a time (the manifest assumes it too), so none is in use now
     for folder in (out_dir, out_dir / "images", out_dir / "gt", out_dir / "instances"):
         if folder.is_dir():
-            for tmp in folder.glob(".*.tmp"):
+            for tmp in folder.glob(TMP_GLOB):
                 tmp.unlink(missing_ok=True)
 
 
@@ -244,7 +250,7 @@ def export(
     manifest = out_dir / MANIFEST
     previous = read_manifest(manifest)
     tasks = [(bid, previous.get(bid)) for bid in ids]
-    write_atomic(
+    atomic_write(
         out_dir / "config.json",
         json.dumps(cfg.to_dict(), indent=2, sort_keys=True).encode("utf-8"),
     )
@@ -266,7 +272,7 @@ def export(
     merged = {**previous, **results}
     order = {bid: i for i, bid in enumerate(bg_source.ids())}
     keys = sorted(merged, key=lambda b: (order.get(b, len(order)), b))
-    write_atomic(manifest, "".join(_line(merged[k]) for k in keys).encode("utf-8"))
+    atomic_write(manifest, "".join(_line(merged[k]) for k in keys).encode("utf-8"))
     done = list(results.values())
     return ExportSummary(
         out=out_dir,

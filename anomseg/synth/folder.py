@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from anomseg.atomic import atomic_write
 from anomseg.data.benchmark import IMAGE_EXTENSIONS, natural_key
 from anomseg.errors import DatasetError, InputError
 from anomseg.imageio import array_sha256, resize_label
-from anomseg.synth.imageio import encode_image, read_label, read_rgb, write_atomic
+from anomseg.synth.imageio import encode_image, read_label, read_rgb
 from anomseg.synth.labelled import check_size, resize_background
 from anomseg.synth.sources import BACKGROUND_SOURCES, Background
 
@@ -148,5 +149,5 @@ class ImageFolderBackgrounds:
         digest = array_sha256(labels)[:HASH_CHARS]
         lp = self.labels_path(digest)
         if not lp.is_file():  # content-addressed: an existing file already holds these labels
-            write_atomic(lp, encode_image(labels))
+            atomic_write(lp, encode_image(labels))
         return Background(id=f"{name}{PIN}{digest}", rgb=rgb, labels=labels)

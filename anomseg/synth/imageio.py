@@ -1,10 +1,10 @@
-"""Image reading (via ``anomseg.imageio``) and deterministic, atomic writing for the paste engine."""
+"""Image reading (via ``anomseg.imageio``) and deterministic encoding for the paste engine.
+
+Files are written with ``anomseg.atomic.atomic_write``."""
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,19 +47,3 @@ def encode_image(arr: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
         raise ValueError(f"unknown image format {fmt!r}")
     return buf.getvalue()
 
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write bytes to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
