@@ -37,9 +37,10 @@ def card_for(ds: Any, row: Any, folder: Path, metric_mode: str, skip: bool) -> d
     )
 
 
-def record(store: Any, ds: Any, row: Any, folder: Path) -> int:
+def record(store: Any, ds: Any, row: Any, folder: Path) -> int | None:
     """Store one external row (model row ``external``; the dataset found by its root, else
-    registered as an eval set under its folder name). Returns the result id."""
+    registered as an eval set under its folder name). Returns the result id (None: no image
+    was used, nothing to store)."""
     from db import catalog, results
 
     def write(s: Any) -> int:
@@ -64,34 +65,24 @@ def record(store: Any, ds: Any, row: Any, folder: Path) -> int:
             m = catalog.register_model(
                 s, EXTERNAL_MODEL, "external", meta={"external": True, "note": "maps from outside"}
             )
-        res = results.add_eval_result(
-            s,
-            m.id,
-            row.method,
-            d.id,
-            {k: v for k, v in row.metrics.items()},
-            row.n_images,
-            params={
-                "protocol": row.protocol,
-                "metric_mode": row.metric_mode,
-                "scores_dir": str(folder.resolve()),
-                "external": True,
-            },
-            per_image=row.per_image,
-            seconds=row.seconds,
-        )
-        return res.id
+        params = {
+            "metric_mode": row.metric_mode,
+            "scores_dir": str(folder.resolve()),
+            "external": True,
+        }
+        stored = results.record_eval_rows(s, m.id, [row], {row.dataset: d.id}, params=params)
+        return stored[0].id if stored else None
 
     return store.transact(write)
 
 
 def run_scores(args: argparse.Namespace) -> int:
     """Validate, evaluate every dataset's maps, print, write, record."""
-    from workbench.cli.eval_cmd import check_out, format_table, parse_remap, write_rows
     from anomseg.data.benchmark import BenchmarkDataset
     from anomseg.evaluate import check_metric_mode
     from anomseg.external import check_name, evaluate_maps
     from anomseg.scoremaps import find_map_folder
+    from workbench.cli.eval_cmd import check_out, format_table, parse_remap, write_rows
 
     name = check_name(args.name)
     check_metric_mode(args.metric_mode)
@@ -119,12 +110,12 @@ def run_scores(args: argparse.Namespace) -> int:
         write_rows(out, [r for _, r, _ in rows], header)
         print(f"wrote {len(rows)} rows to {out}")
     if not getattr(args, "no_record", False):
-        from db.engine import Store
+        from db.store import Store
 
         ws = getattr(args, "workspace", None) or os.environ.get("ANOMSEG_WORKSPACE") or "workspace"
         store = Store.open(url=getattr(args, "url", None), workspace=ws)
         try:
-            ids = [record(store, ds, row, folder) for ds, row, folder in rows]
+            ids = [i for ds, row, folder in rows if (i := record(store, ds, row, folder))]
         finally:
             store.close()
         print(f"recorded {len(ids)} result(s) as {EXTERNAL_MODEL} / {name} in the store ({ws})")
