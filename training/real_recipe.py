@@ -342,14 +342,14 @@ def _evaluate(store: Any, out: Path, heads: dict[str, dict[str, Any]], budget: B
     """Post-hoc methods and every learned kind on both eval sets, one forward per image; rows
     go to the store too (the Leaderboard), learned kinds under their ``head:N`` names."""
     from anomseg.data.benchmark import BenchmarkDataset
-    from anomseg.evaluate import evaluate
+    from anomseg.evaluate import attach_protocol, evaluate
     from anomseg.models.heads import head_spec, load_head
     from db import catalog
-    from db.results import add_eval_result
+    from db.results import record_eval_rows
 
     with store.read() as s:
         model = catalog.get_model(s, MODEL_NAME)
-        model_id, ckpt = model.id, model.checkpoint_path
+        model_id, ckpt, ckpt_sha = model.id, model.checkpoint_path, model.checkpoint_sha256
         ds_ids = {n: catalog.get_dataset(s, n).id for n in EVAL_SETS}
         roots = {n: catalog.get_dataset(s, n).root for n in EVAL_SETS}
     extra, names = {}, {}
@@ -371,7 +371,9 @@ def _evaluate(store: Any, out: Path, heads: dict[str, dict[str, Any]], budget: B
         if budget.eval_limit is not None:
             ds.samples = ds.samples[: budget.eval_limit]
         datasets.append(ds)
-    rows = evaluate(predictor, datasets, [*POSTHOC, *extra], extra=extra, per_image=False)
+    # per-image values too: the Leaderboard's worst images of these rows read them
+    rows = evaluate(predictor, datasets, [*POSTHOC, *extra], extra=extra)
+    attach_protocol(rows, datasets, predictor.input_size, checkpoint_sha256=ckpt_sha or "")
     out_rows = []
     with store.session() as s:
         for r in rows:
@@ -379,12 +381,12 @@ def _evaluate(store: Any, out: Path, heads: dict[str, dict[str, Any]], budget: B
             stored = f"head:{kind_rec[1]['version']}" if kind_rec else r.method
             if kind_rec and kind_rec[2] != kind_rec[1]["file"]:
                 stored = None  # another score of the same version: results.json only
-            if r.n_images and stored:
+            if stored:
                 params = (
                     {"kind": kind_rec[0], "head_id": kind_rec[1]["head_id"]} if kind_rec else {}
                 )
-                add_eval_result(s, model_id, stored, ds_ids[r.dataset], r.metrics, r.n_images,
-                                params={**params, "recipe": "real"}, seconds=r.seconds)  # fmt: skip
+                record_eval_rows(s, model_id, [replace(r, method=stored)], ds_ids,
+                                 params={**params, "recipe": "real"})  # fmt: skip
             out_rows.append({
                 "model": MODEL_NAME, "method": r.method, "dataset": r.dataset,
                 "auprc": r.auprc, "fpr95": r.fpr95, "auroc": r.auroc, "n_images": r.n_images,
