@@ -167,7 +167,7 @@ def all_methods(root: Path, model: str) -> list[str]:
 
     ws = Workspace.open(root)
     try:
-        return Services(ws).default_methods(model)
+        return Services(ws).scores.default_methods(model)
     finally:
         ws.close()
 

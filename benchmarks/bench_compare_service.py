@@ -1,5 +1,5 @@
 """Benchmark: Compare's cold and cached requests on a workspace, through the service call the tab
-makes (``dashboard.services.Services.compare``), every method of the model.
+makes (``Services.compare.compare`` in ``dashboard.services``), every method of the model.
 
 Baseline: the cold request of the same image in the same run (forward + every scorer and head +
 metrics + rendering); the cached request (same image again, maps from the app's cache) is
@@ -39,17 +39,17 @@ def main() -> int:
                 .order_by(Image.id)
             )
         )[: args.images + 1]
-    methods = svc.default_methods(args.model)
+    methods = svc.scores.default_methods(args.model)
     print(f"model {args.model} · {len(methods)} methods: {', '.join(methods)}")
     t0 = time.perf_counter()
-    svc.compare(args.model, ids[0], methods)
+    svc.compare.compare(args.model, ids[0], methods)
     print(f"first request (model load + forward + every method): {time.perf_counter() - t0:.2f} s")
     for i in ids[1:]:
         t0 = time.perf_counter()
-        svc.compare(args.model, i, methods)
+        svc.compare.compare(args.model, i, methods)
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
-        svc.compare(args.model, i, methods)
+        svc.compare.compare(args.model, i, methods)
         cached = time.perf_counter() - t0
         print(f"image {i}: cold {cold:.2f} s · cached {cached:.3f} s · cached/cold "
               f"{cached / cold:.3f} · 1-min load {os.getloadavg()[0]:.1f}")  # fmt: skip

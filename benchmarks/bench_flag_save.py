@@ -1,6 +1,6 @@
 """Benchmark: the Flag tab's save as the number of flags on the image grows (issue 15 §8).
 
-One save does what the tab's handler does: store the painted flag (``Services.save_flag``),
+One save does what the tab's handler does: store the painted flag (``Services.flags.save_flag``),
 redraw the stored-flags overlay and the flag table, and hand the editor a fresh canvas (the map
 with the stored flags over it). Timed on a real Fishyscapes Static frame (2048x1024, from
 ../shared) with 0 and with 200 flags already on the image, for
@@ -31,7 +31,7 @@ import numpy as np
 def legacy_overlay(svc, image_id: int, rgb_small: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The drawing before issue 15: full-frame decode + per-flag resize and blend."""
     from dashboard import render
-    from dashboard.services import FLAG_KIND_SHORT
+    from dashboard.services.flags import FLAG_KIND_SHORT
     from db import flags as dbflags
 
     with svc.store.read() as s:
@@ -46,23 +46,23 @@ def save_once(svc, legacy: bool, model: str, image_id: int, layer: np.ndarray) -
     """One save as the Flag tab's handler does it; returns seconds."""
     from anomseg.imageio import read_image
     from dashboard import render
-    from dashboard.services import PAINT_MAX_SIDE
+    from dashboard.services.flags import PAINT_MAX_SIDE
 
     value = {"background": None, "layers": [layer], "composite": None}
     t0 = time.perf_counter()
-    svc.save_flag(model, image_id, "msp", None, "false positive", value)
+    svc.flags.save_flag(model, image_id, "msp", None, "false positive", value)
     if legacy:
-        _img, _ds, path = svc._image_paths(image_id)
+        _img, _ds, path = svc.catalog.image_paths(image_id)
         rgb = read_image(path)
         (h, w), _ = render.fit_size(rgb.shape[:2], PAINT_MAX_SIDE)
         legacy_overlay(svc, image_id, render.resize_rgb(rgb, (h, w)))
-        svc.flags_frame(image_id)
-        canvas = svc.flag_canvas(model, image_id, "msp")  # then redrawn the old way:
+        svc.flags.flags_frame(image_id)
+        canvas = svc.flags.flag_canvas(model, image_id, "msp")  # then redrawn the old way:
         legacy_overlay(svc, image_id, canvas["background"], alpha=0.25)
     else:
-        svc.flags_overlay(image_id)
-        svc.flags_frame(image_id)
-        svc.flag_canvas(model, image_id, "msp")
+        svc.flags.flags_overlay(image_id)
+        svc.flags.flags_frame(image_id)
+        svc.flags.flag_canvas(model, image_id, "msp")
     return time.perf_counter() - t0
 
 
@@ -91,7 +91,8 @@ def main() -> None:
 
     from anomseg.shared import shared_dir
     from dashboard import render
-    from dashboard.services import PAINT_MAX_SIDE, Services
+    from dashboard.services import Services
+    from dashboard.services.flags import PAINT_MAX_SIDE
     from db import catalog
     from db.workspace import Workspace
 
@@ -119,7 +120,7 @@ def main() -> None:
         layer = np.zeros((*frame, 4), np.uint8)
         layer[100:180, 300:420] = (255, 45, 85, 255)
         add_flags(svc, image_id, model_id, n, hw)
-        svc.flag_canvas(model, image_id, "msp")  # the forward and map are cached, as in use
+        svc.flags.flag_canvas(model, image_id, "msp")  # the forward and map are cached, as in use
         saves = args.baseline_saves if legacy else args.saves
         times = [save_once(svc, legacy, model, image_id, layer) for _ in range(saves)]
         results[(label, n)] = statistics.median(times)

@@ -1,9 +1,9 @@
 """Benchmark: Compare's "95% TPR on dataset" thresholds for several methods.
 
-Baseline, "one pass per method" (how the app did it before): ``Services.dataset_threshold`` once
+Baseline, "one pass per method" (how the app did it before): ``Services.compare.dataset_threshold`` once
 per method, each looping over the dataset; once the dataset's predictions outgrow the
 predictor's cache (1 GiB: ~24 ERFNet predictions at 512x1024), every method re-runs the model on
-every image. Ours: ``Services.dataset_thresholds``, one loop over the dataset, each image
+every image. Ours: ``Services.compare.dataset_thresholds``, one loop over the dataset, each image
 forwarded once and scored by every method. Both start from empty caches; the thresholds must be
 identical. Printed: wall seconds, forwards, ratio.
 
@@ -67,10 +67,10 @@ def main() -> int:
                 pred.cache = PredictionCache(args.cache_mib << 20)
                 f0, t0 = pred.forward_calls, time.perf_counter()
                 if label.startswith("one pass per"):
-                    thr = {n: svc.dataset_threshold(model, n, None, ds) for n in names}
+                    thr = {n: svc.compare.dataset_threshold(model, n, None, ds) for n in names}
                 else:
-                    svc.dataset_thresholds(model, names, None, ds)
-                    thr = {n: svc.dataset_threshold(model, n, None, ds) for n in names}  # hits
+                    svc.compare.dataset_thresholds(model, names, None, ds)
+                    thr = {n: svc.compare.dataset_threshold(model, n, None, ds) for n in names}  # hits
                 runs[label] = (time.perf_counter() - t0, pred.forward_calls - f0, thr)
                 print(f"{label:32s} {runs[label][0]:7.1f} s  {runs[label][1]:4d} forwards")
             (tb, fb, thr_b), (to, fo, thr_o) = runs.values()

@@ -44,7 +44,7 @@ def build_app(workspace: Any, services: Services | None = None) -> gr.Blocks:
 
         @guarded
         def header():
-            return svc.header_markdown()
+            return svc.catalog.header_markdown()
 
         ctx = Context(svc, header=status, header_fn=header)
         with gr.Tabs(selected="compare") as tabs:
@@ -72,8 +72,8 @@ def build_app(workspace: Any, services: Services | None = None) -> gr.Blocks:
         # shell) appear in the lists on the next page load, not only after a restart
         @guarded
         def catalogue(m, ds, rm, lb_filter, lb_eval, lb_heads):
-            models = svc.model_names()
-            datasets = svc.dataset_choices()
+            models = svc.catalog.model_names()
+            datasets = svc.catalog.dataset_choices()
             ids = [i for _label, i in datasets]
 
             def pick(cur, opts):

@@ -16,7 +16,9 @@ from anomseg.errors import InputError
 from dashboard import panels as panel_html
 from dashboard import render
 from dashboard.scales import scale_of
-from dashboard.services import THRESHOLD_MODES, CompareResult, CompareStyle, ParamChoice, Services
+from dashboard.services import Services
+from dashboard.services.compare import THRESHOLD_MODES, CompareResult, CompareStyle
+from dashboard.services.scores import ParamChoice
 from dashboard.ui import Context, form_id, guarded, refusing
 
 EMPTY_TABLE = pd.DataFrame(columns=["method", "spec", "AuPRC %", "FPR95 %"])
@@ -36,7 +38,7 @@ def method_update(svc: Services, model: str | None, keep: list[str] | None = Non
     """CheckboxGroup update listing the methods of ``model`` (keeping still-valid ticks)."""
     if not model:
         return gr.update(choices=[], value=[])
-    choices = svc.method_choices(model)
+    choices = svc.scores.method_choices(model)
     names = [c.name for c in choices]
     value = [n for n in (keep or []) if n in names]
     if not value:
@@ -50,9 +52,9 @@ def method_update(svc: Services, model: str | None, keep: list[str] | None = Non
 def build(ctx: Context) -> None:
     """Build the Compare tab's widgets and wire its events."""
     svc: Services = ctx.svc
-    params = svc.param_choices()
-    models = svc.model_names()
-    datasets = svc.dataset_choices()
+    params = svc.scores.param_choices()
+    models = svc.catalog.model_names()
+    datasets = svc.catalog.dataset_choices()
     model0 = models[0] if models else None
     ds0 = datasets[0][1] if datasets else None
 
@@ -173,7 +175,7 @@ def build(ctx: Context) -> None:
             from dashboard import components_view
 
             components_view.build(
-                ctx, model, image_id, [c.name for c in svc.method_choices(model0)] if model0 else []
+                ctx, model, image_id, [c.name for c in svc.scores.method_choices(model0)] if model0 else []
             )
 
     style_inputs = [opacity, thr_mode, thr, shared, show_gt, cmap, dataset]
@@ -210,7 +212,7 @@ def build(ctx: Context) -> None:
             )
         style = _style(op, mode, t, sh, gt, cm, ds)
         pdict = params_dict(params, pvals)
-        res = svc.compare(
+        res = svc.compare.compare(
             m,
             int(img),
             list(names or []),
@@ -283,7 +285,7 @@ def build(ctx: Context) -> None:
             return None, ""
         p = next(p for p in res.panels if p.name == name)
         v = res.view
-        img = svc.full_view(m, v.image_id, name, pdict, style, vrange=(p.vmin, p.vmax))
+        img = svc.compare.full_view(m, v.image_id, name, pdict, style, vrange=(p.vmin, p.vmax))
         txt = (
             f"Full-size view: **{p.label}** on **#{v.image_id} {v.name}** "
             f"({img.shape[1]}×{img.shape[0]})"
@@ -322,8 +324,8 @@ def build(ctx: Context) -> None:
     def on_dataset(ds):
         if ds in (None, ""):
             return [], []
-        ids = [i for _n, i in svc.image_names(int(ds))][:120]
-        return svc.gallery(int(ds)), ids
+        ids = [i for _n, i in svc.catalog.image_names(int(ds))][:120]
+        return svc.catalog.gallery(int(ds)), ids
 
     dataset.change(on_dataset, dataset, [gallery, gallery_ids], api_name=False)
 
@@ -347,7 +349,7 @@ def build(ctx: Context) -> None:
     def on_upload(path):
         if not path:
             return gr.update(), gr.update(), gr.update()
-        new_id = svc.register_upload(path)
+        new_id = svc.catalog.register_upload(path)
         gr.Info(f"{Path(str(path)).name} uploaded and registered in the 'uploads' dataset.")
         # the upload box is cleared either way, so it never stays in an error state
         return new_id, None, gr.update()
@@ -369,11 +371,11 @@ def build(ctx: Context) -> None:
         if name not in shown_names:
             shown_names.append(name)
         # the same colour range as the method's panel (shared within units when asked)
-        view = svc.load_view(m, int(img))
-        maps = svc.score_maps(m, view, shown_names, pdict)
-        lo, hi = svc.colour_ranges(svc.model_key(m), view, maps, style.shared_scale)[name]
-        big = svc.full_view(m, int(img), name, pdict, style, vrange=(lo, hi))
-        label = {c.name: c.label for c in svc.method_choices(m)}.get(name, name)
+        view = svc.scores.load_view(m, int(img))
+        maps = svc.scores.score_maps(m, view, shown_names, pdict)
+        lo, hi = svc.compare.colour_ranges(svc.catalog.model_key(m), view, maps, style.shared_scale)[name]
+        big = svc.compare.full_view(m, int(img), name, pdict, style, vrange=(lo, hi))
+        label = {c.name: c.label for c in svc.scores.method_choices(m)}.get(name, name)
         txt = f"Full-size view: **{label}** on **#{view.image_id} {view.name}** "
         return big, txt + f"({big.shape[1]}×{big.shape[0]})"
 

@@ -82,14 +82,14 @@ def summary(comp: Any, threshold: float, siou_t: float = 0.5) -> str:
 
 
 def build(ctx: Any, model: Any, image_id: Any, methods: list[str]) -> None:
-    """The panel's widgets, wired to ``ctx.svc.component_view``; ``model`` / ``image_id`` are
+    """The panel's widgets, wired to ``ctx.svc.components.component_view``; ``model`` / ``image_id`` are
     Compare's own components. Methods recorded from external score maps (``anomseg eval
     --scores``) are offered too, as ``external:<name>``."""
-    _build(ctx, model, image_id, [*methods, *ctx.svc.external_methods()])
+    _build(ctx, model, image_id, [*methods, *ctx.svc.components.external_methods()])
 
 
 def _build(ctx: Any, model: Any, image_id: Any, methods: list[str]) -> None:
-    """The panel's widgets, wired to ``ctx.svc.component_view``; ``model`` / ``image_id`` are
+    """The panel's widgets, wired to ``ctx.svc.components.component_view``; ``model`` / ``image_id`` are
     Compare's own components."""
     import gradio as gr
     import pandas as pd
@@ -115,7 +115,7 @@ def _build(ctx: Any, model: Any, image_id: Any, methods: list[str]) -> None:
     def show(m, iid, name, q, t):
         if not m or iid is None or not name:
             return gr.update(), "", pd.DataFrame()
-        rgb, rows, md = svc.component_view(m, int(iid), name, quantile=float(q), siou_t=float(t))
+        rgb, rows, md = svc.components.component_view(m, int(iid), name, quantile=float(q), siou_t=float(t))
         return rgb, md, pd.DataFrame(rows)
 
     for ev in (thr.release, siou_t.release, method.change, image_id.change):

@@ -97,12 +97,12 @@ def build(ctx: Context) -> None:
             edit_status = gr.Markdown(elem_id="curate-status")
 
     def _counts_md() -> str:
-        c = svc.sample_counts()
+        c = svc.curate.sample_counts()
         return " · ".join(f"**{k}** {v}" for k, v in c.items())
 
     @guarded
     def list_samples(status):
-        return svc.samples_frame(status), _counts_md()
+        return svc.curate.samples_frame(status), _counts_md()
 
     status_filter.change(list_samples, status_filter, [samples, counts], api_name=False)
     refresh_btn.click(list_samples, status_filter, [samples, counts], api_name=False)
@@ -119,17 +119,17 @@ def build(ctx: Context) -> None:
     def show(sid, current_key):
         if (sid := form_id(sid, "sample id")) is None:
             return None, EMPTY_PASTES, gr.update(choices=[], value=None)
-        keys = [k for k in svc.sample_view(int(sid))[2]]
+        keys = [k for k in svc.curate.sample_view(int(sid))[2]]
         sel = current_key if current_key in keys else (keys[0] if keys else None)
-        img, df, _ = svc.sample_view(int(sid), sel)
+        img, df, _ = svc.curate.sample_view(int(sid), sel)
         return img, df, gr.update(choices=keys, value=sel)
 
     @guarded
     def fill_fields(sid, k):
         if (sid := form_id(sid, "sample id")) is None or not k:
             return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
-        rec = svc.paste_record(int(sid), k)
-        objects = svc.object_choices(rec["source"])
+        rec = svc.curate.paste_record(int(sid), k)
+        objects = svc.curate.object_choices(rec["source"])
         if rec["object_id"] not in objects:
             objects = [rec["object_id"], *objects]
         return (
@@ -148,7 +148,7 @@ def build(ctx: Context) -> None:
     def select_key(sid, k):
         if (sid := form_id(sid, "sample id")) is None:
             return gr.update()
-        return svc.sample_view(int(sid), k)[0]
+        return svc.curate.sample_view(int(sid), k)[0]
 
     key.input(select_key, [sample_id, key], preview, api_name=False).then(
         fill_fields, [sample_id, key], [obj, scale, feather, flip, photometric], api_name=False
@@ -165,8 +165,8 @@ def build(ctx: Context) -> None:
             "flip": bool(fl),
             "photometric": bool(ph),
         }
-        rev = svc.edit_paste(int(sid), k, changes, user_of(request))
-        img, df, _ = svc.sample_view(int(sid), k)
+        rev = svc.curate.edit_paste(int(sid), k, changes, user_of(request))
+        img, df, _ = svc.curate.sample_view(int(sid), k)
         return img, df, f"Paste **{k}** now at revision {rev}."
 
     apply_btn.click(
@@ -183,8 +183,8 @@ def build(ctx: Context) -> None:
         if evt is None or evt.index is None:
             return gr.update(), gr.update(), gr.update()
         x, y = int(evt.index[0]), int(evt.index[1])
-        rev = svc.move_paste(int(sid), k, x, y, user_of(request))
-        img, df, _ = svc.sample_view(int(sid), k)
+        rev = svc.curate.move_paste(int(sid), k, x, y, user_of(request))
+        img, df, _ = svc.curate.sample_view(int(sid), k)
         return img, df, f"Paste **{k}** moved to ({x}, {y}), revision {rev}."
 
     preview.select(click_move, [sample_id, key], [preview, pastes, edit_status], api_name=False)
@@ -193,16 +193,16 @@ def build(ctx: Context) -> None:
     def undo(sid, k):
         if (sid := form_id(sid, "sample id")) is None or not k:
             raise InputError("select a sample and one of its pastes first")
-        rev = svc.undo_paste(int(sid), k)
-        img, df, _ = svc.sample_view(int(sid), k)
+        rev = svc.curate.undo_paste(int(sid), k)
+        img, df, _ = svc.curate.sample_view(int(sid), k)
         return img, df, f"Undone: paste **{k}** back at revision {rev}."
 
     @refusing(3, status=2)
     def redo(sid, k):
         if (sid := form_id(sid, "sample id")) is None or not k:
             raise InputError("select a sample and one of its pastes first")
-        rev = svc.redo_paste(int(sid), k)
-        img, df, _ = svc.sample_view(int(sid), k)
+        rev = svc.curate.redo_paste(int(sid), k)
+        img, df, _ = svc.curate.sample_view(int(sid), k)
         return img, df, f"Redone: paste **{k}** at revision {rev}."
 
     for btn, fn in ((undo_btn, undo), (redo_btn, redo)):
@@ -215,9 +215,9 @@ def build(ctx: Context) -> None:
         def set_status(sid, filt):
             if (sid := form_id(sid, "sample id")) is None:
                 raise InputError("select a sample first")
-            svc.set_sample_status(int(sid), new_status)
+            svc.curate.set_sample_status(int(sid), new_status)
             gr.Info(f"Sample #{int(sid)} is now {new_status}.")
-            return svc.samples_frame(filt), _counts_md()
+            return svc.curate.samples_frame(filt), _counts_md()
 
         return set_status
 
@@ -238,7 +238,7 @@ def build(ctx: Context) -> None:
         # a refusal (nothing to generate into) goes to the status line once, with no "Error"
         # badge and no toast repeating it
         try:
-            job = svc.queue_generate(int(n or 0))
+            job = svc.curate.queue_generate(int(n or 0))
         except AnomsegError as exc:
             return gr.update(), refusal_html(str(exc)), gr.Timer(active=False)
         gr.Info(f"Job #{job} queued: generating {int(n)} samples.")
@@ -250,10 +250,10 @@ def build(ctx: Context) -> None:
     def poll(job, filt):
         if not job:
             return gr.update(), gr.Timer(active=False), gr.update(), gr.update()
-        st = svc.job_state(int(job))
+        st = svc.jobs.job_state(int(job))
         label = job_label(st)
         if st.finished:
-            df, c = svc.samples_frame(filt), _counts_md()
+            df, c = svc.curate.samples_frame(filt), _counts_md()
             return progress_html(st.progress, label), gr.Timer(active=False), df, c
         return progress_html(st.progress, label), gr.Timer(active=True), gr.update(), gr.update()
 

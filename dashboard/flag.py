@@ -15,7 +15,8 @@ import pandas as pd
 
 from anomseg.errors import InputError
 from dashboard.compare import params_dict
-from dashboard.services import FLAG_KIND_LABELS, Services
+from dashboard.services import Services
+from dashboard.services.flags import FLAG_KIND_LABELS
 from dashboard.ui import Context, form_id, guarded, user_of
 
 
@@ -131,9 +132,9 @@ def build(ctx: Context) -> None:
             raise InputError("no image open: pick or upload one in the Compare tab first")
         if not name:
             raise InputError("pick the method whose map you want to flag")
-        canvas = svc.flag_canvas(m, int(img), name, params_dict(params, pvals))
-        view = svc.load_view(m, int(img))
-        label = {c.name: c.label for c in svc.method_choices(m)}.get(name, name)
+        canvas = svc.flags.flag_canvas(m, int(img), name, params_dict(params, pvals))
+        view = svc.scores.load_view(m, int(img))
+        label = {c.name: c.label for c in svc.scores.method_choices(m)}.get(name, name)
         # say which map is being painted: the editor itself shows no names
         info = (
             f"Editor: the **{label}** map of **#{view.image_id} {view.name}** "
@@ -145,7 +146,7 @@ def build(ctx: Context) -> None:
     def refresh(img):
         if (img := form_id(img, "image id")) is None:
             return None, EMPTY_FLAGS
-        return svc.flags_overlay(int(img)), svc.flags_frame(int(img))
+        return svc.flags.flags_overlay(int(img)), svc.flags.flags_frame(int(img))
 
     load_btn.click(
         load_map, [model, image_id, method, *sliders], [editor, editor_info], api_name=False
@@ -160,7 +161,7 @@ def build(ctx: Context) -> None:
             raise InputError("no image open: pick or upload one in the Compare tab first")
         if not name:
             raise InputError("pick the method whose map you flagged")
-        fid = svc.save_flag(
+        fid = svc.flags.save_flag(
             m,
             int(img),
             name,
@@ -172,13 +173,13 @@ def build(ctx: Context) -> None:
             token=tok or None,
         )
         gr.Info(f"Flag #{fid} saved ({k}).")
-        ov, df = svc.flags_overlay(int(img)), svc.flags_frame(int(img))
+        ov, df = svc.flags.flags_overlay(int(img)), svc.flags.flags_frame(int(img))
         # a fresh canvas, so the same strokes are not saved twice by a second click
         return (
             f"Saved flag **#{fid}** ({k}) on image #{int(img)}.",
             ov,
             df,
-            svc.flag_canvas(m, int(img), name, params_dict(params, pvals)),
+            svc.flags.flag_canvas(m, int(img), name, params_dict(params, pvals)),
             "",
             new_token(),
         )
@@ -206,7 +207,7 @@ def build(ctx: Context) -> None:
     def update(img, fid, k, text):
         if (fid := form_id(fid, "flag id")) is None:
             raise InputError("select a flag in the table first")
-        svc.update_flag(int(fid), note=text or "", kind=k or None)
+        svc.flags.update_flag(int(fid), note=text or "", kind=k or None)
         gr.Info(f"Flag #{int(fid)} updated.")
         return refresh(img)
 
@@ -218,7 +219,7 @@ def build(ctx: Context) -> None:
     def delete(img, fid):
         if (fid := form_id(fid, "flag id")) is None:
             raise InputError("select a flag in the table first")
-        svc.delete_flag(int(fid))
+        svc.flags.delete_flag(int(fid))
         gr.Info(f"Flag #{int(fid)} deleted.")
         ov, df = refresh(img)
         return ov, df, 0, ""
@@ -231,7 +232,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def check_store():
-        return svc.quarantine_markdown()
+        return svc.flags.quarantine_markdown()
 
     check_btn.click(check_store, None, quarantine, api_name=False)
 
@@ -243,7 +244,7 @@ def build(ctx: Context) -> None:
 
     @guarded
     def all_flags():
-        return svc.flags_frame()
+        return svc.flags.flags_frame()
 
     for done in (saved, updated, deleted):
         done.then(all_flags, None, all_table, api_name=False)

@@ -24,7 +24,7 @@ WORST_BY = {"AuPRC": "auprc", "sIoU": "siou", "F1": "f1_mean"}
 def build(ctx: Context) -> None:
     """Build the Leaderboard tab's widgets and wire its events."""
     svc: Services = ctx.svc
-    models = svc.model_names()
+    models = svc.catalog.model_names()
 
     with gr.Row():
         f_models = gr.Dropdown(
@@ -86,8 +86,8 @@ def build(ctx: Context) -> None:
     @guarded
     def load(ms, ds, meth, met):
         # rank within each dataset and mark the best per metric: the table answers "which is best"
-        df = rank_and_mark(svc.leaderboard_frame(ms or None, ds or None, meth or ""))
-        all_ds = sorted(svc.leaderboard_frame()["dataset"].unique().tolist())
+        df = rank_and_mark(svc.leaderboard.leaderboard_frame(ms or None, ds or None, meth or ""))
+        all_ds = sorted(svc.leaderboard.leaderboard_frame()["dataset"].unique().tolist())
         return df, render.metric_bars(df, met or "AuPRC"), gr.update(choices=all_ds)
 
     load_out = [table, bars, f_datasets]
@@ -101,7 +101,7 @@ def build(ctx: Context) -> None:
     def evaluate(m):
         if not m:
             return 0, gr.update(), gr.Timer(active=False)
-        job = svc.queue_evaluate(m)
+        job = svc.leaderboard.queue_evaluate(m)
         gr.Info(f"Evaluation of {m} queued as job #{job}.")
         return job, progress_html(0.0, f"job #{job} queued"), gr.Timer(active=True)
 
@@ -111,7 +111,7 @@ def build(ctx: Context) -> None:
     def poll(job, ms, ds, meth, met):
         if not job:
             return gr.update(), gr.Timer(active=False), gr.update(), gr.update(), gr.update()
-        st = svc.job_state(int(job))
+        st = svc.jobs.job_state(int(job))
         label = job_label(st)
         if not st.finished:
             return (
@@ -137,26 +137,26 @@ def build(ctx: Context) -> None:
         row_i = evt.index[0] if isinstance(evt.index, list | tuple) else int(evt.index)
         row = df.iloc[int(row_i)].to_dict()
         by = by if by in WORST_BY else "AuPRC"
-        worst_rows = svc.worst_images(int(row["result"]), k=8, key=WORST_BY[by])
+        worst_rows = svc.leaderboard.worst_images(int(row["result"]), k=8, key=WORST_BY[by])
         items = []
         for image_id, name, au in worst_rows:
             try:
-                thumb = str(svc.thumbnail(image_id))
+                thumb = str(svc.catalog.thumbnail(image_id))
                 items.append((thumb, worst_caption(name, row["method"], by, au)))
             except Exception:  # an unreadable file: leave it out of the strip
                 continue
-        ds_id = svc.dataset_id(row["dataset"])
+        ds_id = svc.catalog.dataset_id(row["dataset"])
         names = [
             n
             for n in df[(df["model"] == row["model"]) & (df["dataset"] == row["dataset"])][
                 "method id"
             ]
         ]
-        available = {c.name for c in svc.method_choices(row["model"])}
+        available = {c.name for c in svc.scores.method_choices(row["model"])}
         plain = [n for n in names if ":" not in n or n.startswith("head:")]
         curve_names = [n for n in plain if n in available][:10]
         try:
-            curves_data = svc.pr_curves(
+            curves_data = svc.leaderboard.pr_curves(
                 row["model"], ds_id, curve_names, progress=lambda f, m: progress(f, desc=m)
             )
         except AnomsegError:  # external maps (model "external"): no model here to re-score
@@ -170,7 +170,7 @@ def build(ctx: Context) -> None:
         if row.get("protocol"):
             md += f"\n\nProtocol: {row['protocol']}"
         same = df[(df["dataset"] == row["dataset"]) & (df["result"] != row["result"])]
-        diffs = svc.protocol_differences(int(row["result"]), [int(r) for r in same["result"]][:12])
+        diffs = svc.leaderboard.protocol_differences(int(row["result"]), [int(r) for r in same["result"]][:12])
         if diffs:
             md += "\n\n**These rows differ in protocol:**\n" + "\n".join(f"- {d}" for d in diffs)
         return md, fig, items, [i for i, _n, _a in worst_rows[: len(items)]], row
@@ -190,7 +190,7 @@ def build(ctx: Context) -> None:
         if evt is None or evt.index is None or not ids or not row:
             return gr.update(), gr.update(), gr.update(), gr.update()
         idx = evt.index if isinstance(evt.index, int) else evt.index[0]
-        ds_id = svc.dataset_id(row["dataset"])
+        ds_id = svc.catalog.dataset_id(row["dataset"])
         return gr.Tabs(selected="compare"), row["model"], ds_id, ids[int(idx)]
 
     worst.select(
@@ -204,7 +204,7 @@ def build(ctx: Context) -> None:
     def heads(m):
         if not m:
             return render.head_history_plot(None), pd.DataFrame()
-        df = svc.head_comparison(m)
+        df = svc.leaderboard.head_comparison(m)
         wide = (
             df.pivot_table(index="version", columns="dataset", values=["AuPRC", "FPR95"])
             if len(df)

@@ -49,7 +49,7 @@ GEOMETRY_CHOICES = [
 def build(ctx: Context) -> None:
     """Build the Retrain tab's widgets and wire its events."""
     svc: Services = ctx.svc
-    models = svc.model_names()
+    models = svc.catalog.model_names()
     cmp_model = ctx["compare.model"]
     cmp_methods = ctx["compare.methods"]
 
@@ -139,13 +139,13 @@ def build(ctx: Context) -> None:
                 gr.update(choices=[]),
                 render.head_history_plot(None),
             )
-        versions = svc.head_versions(m)
-        hist = svc.head_history(m)
+        versions = svc.retrain.head_versions(m)
+        hist = svc.retrain.head_history(m)
         return (
-            svc.training_summary(m),
+            svc.retrain.training_summary(m),
             hist if len(hist.columns) else EMPTY_HISTORY,
             gr.update(choices=versions, value=versions[0] if versions else None),
-            render.head_history_plot(svc.head_comparison(m)),
+            render.head_history_plot(svc.leaderboard.head_comparison(m)),
         )
 
     overview_out = [summary, history, version, compare_plot]
@@ -171,11 +171,11 @@ def build(ctx: Context) -> None:
     def start(m, h, e, rate, fpw, act, rec=None, geo=None):
         if not m:
             raise InputError("no model selected")
-        job = svc.queue_retrain(
+        job = svc.retrain.queue_retrain(
             m, h, int(e), float(rate), float(fpw), act, recipe=rec, head_geometry=geo
         )
         gr.Info(f"Retrain queued as job #{job}.")
-        st = svc.job_state(job)
+        st = svc.jobs.job_state(job)
         return (job, *_job_view(st), gr.Timer(active=True))
 
     go.click(
@@ -189,7 +189,7 @@ def build(ctx: Context) -> None:
     def stop(job):
         if not job:
             raise InputError("no job to cancel")
-        svc.cancel_job(int(job))
+        svc.jobs.cancel_job(int(job))
         gr.Info(f"Cancel requested for job #{int(job)}.")
 
     cancel.click(stop, job_id, None, api_name=False)
@@ -198,7 +198,7 @@ def build(ctx: Context) -> None:
     def tick(job, m, cm, cur_methods):
         if not job:
             return (gr.update(),) * 3 + (gr.Timer(active=False),) + (gr.update(),) * 6
-        st = svc.job_state(int(job))
+        st = svc.jobs.job_state(int(job))
         view = _job_view(st)
         if not st.finished:
             return (*view, gr.Timer(active=True)) + (gr.update(),) * 6
@@ -209,7 +209,7 @@ def build(ctx: Context) -> None:
         s, hist, ver, plot = overview(m)
         methods = method_update(svc, cm, cur_methods) if cm else gr.update()
         # the header's "active heads" changes with the job's end: refresh it now, not on reload
-        header = svc.header_markdown()
+        header = svc.catalog.header_markdown()
         return (*view, gr.Timer(active=False), s, hist, ver, plot, methods, header)
 
     timer.tick(
@@ -234,7 +234,7 @@ def build(ctx: Context) -> None:
     def do_activate(m, v):
         if not m or not v:
             raise InputError("pick a head version first")
-        svc.activate_head(m, int(v))
+        svc.retrain.activate_head(m, int(v))
         gr.Info(f"Head v{int(v)} is now active for {m}.")
         return overview(m)
 
@@ -242,7 +242,7 @@ def build(ctx: Context) -> None:
     def do_rollback(m):
         if not m:
             raise InputError("no model selected")
-        v = svc.rollback_head(m)
+        v = svc.retrain.rollback_head(m)
         gr.Info(f"Rolled back: head v{v} is active again.")
         return overview(m)
 
@@ -254,10 +254,10 @@ def build(ctx: Context) -> None:
     @guarded
     def resume():
         """On page load: show (and keep polling) a training job that is still running."""
-        job = svc.latest_job(("train_head",), running_only=True)
+        job = svc.jobs.latest_job(("train_head",), running_only=True)
         if job is None:
             return 0, gr.update(), gr.update(), gr.update(), gr.Timer(active=False)
-        return (job, *_job_view(svc.job_state(job)), gr.Timer(active=True))
+        return (job, *_job_view(svc.jobs.job_state(job)), gr.Timer(active=True))
 
     ctx["retrain.model"] = model
     ctx["retrain.overview"] = (overview, model, overview_out)

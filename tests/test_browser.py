@@ -309,7 +309,8 @@ def test_full_size_view_always_shows_the_selected_image(app_server, browser):
     import numpy as np
     from PIL import Image
 
-    from dashboard.services import CompareStyle, Services
+    from dashboard.services import Services
+    from dashboard.services.compare import CompareStyle
 
     ws, url = app_server
     ctx, page = _open(browser, url)
@@ -343,10 +344,10 @@ def test_full_size_view_always_shows_the_selected_image(app_server, browser):
     names = [f.get_attribute("data-method") for f in page.locator("#compare-panels figure").all()]
 
     def rendering(image_id):
-        view = svc.load_view(model, image_id)
-        maps = svc.score_maps(model, view, names)
-        vr = svc.colour_ranges(svc.model_key(model), view, maps, False)[method]
-        return svc.full_view(model, image_id, method, None, CompareStyle(), vrange=vr)
+        view = svc.scores.load_view(model, image_id)
+        maps = svc.scores.score_maps(model, view, names)
+        vr = svc.compare.colour_ranges(svc.catalog.model_key(model), view, maps, False)[method]
+        return svc.compare.full_view(model, image_id, method, None, CompareStyle(), vrange=vr)
 
     want_b, want_a = rendering(image_b), rendering(image_a)
     assert shown.shape == want_b.shape
@@ -441,10 +442,10 @@ def _img_point(page, selector, x, y):
 
 
 def _valid_edit(svc, sample_id, rec, candidates):
-    bg = svc._background(sample_id)
+    bg = svc.curate._background(sample_id)
     for cand in candidates:
         try:
-            svc.check_placement(bg, cand)
+            svc.curate.check_placement(bg, cand)
         except Exception:
             continue
         return cand
@@ -483,7 +484,7 @@ def test_editing_a_paste_rerenders_and_stores_revisions(app_server, browser):
     # 2) swap the source object and apply: a different object is rendered
     others = [
         o
-        for o in svc.object_choices(rec1.source, limit=2000)
+        for o in svc.curate.object_choices(rec1.source, limit=2000)
         if o.split("-")[0] != rec1.object_id.split("-")[0]
     ]
     new = _valid_edit(svc, sample_id, rec1, [rec1.replace(object_id=o) for o in others[::37][:40]])

@@ -42,7 +42,7 @@ def two_results(ws):  # noqa: F811
 
 
 def test_leaderboard_has_component_columns_and_protocol(svc, two_results):  # noqa: F811
-    df = svc.leaderboard_frame()
+    df = svc.leaderboard.leaderboard_frame()
     for col in ("sIoU", "PPV", "F1", "protocol"):
         assert col in df.columns
     row = df[df["method id"] == "entropy"].iloc[0]
@@ -53,13 +53,13 @@ def test_leaderboard_has_component_columns_and_protocol(svc, two_results):  # no
 
 def test_worst_images_by_siou(svc, ws, two_results):  # noqa: F811
     a, _b = two_results
-    assert [n for _i, n, _v in svc.worst_images(a, k=3, key="siou")] == ["img2", "img0", "img1"]
-    assert [n for _i, n, _v in svc.worst_images(a, k=3)] == ["img1", "img0", "img2"]
+    assert [n for _i, n, _v in svc.leaderboard.worst_images(a, k=3, key="siou")] == ["img2", "img0", "img1"]
+    assert [n for _i, n, _v in svc.leaderboard.worst_images(a, k=3)] == ["img1", "img0", "img2"]
 
 
 def test_rows_that_differ_in_protocol_are_named(svc, two_results):  # noqa: F811
     a, b = two_results
-    (line,) = svc.protocol_differences(a, [a, b])
+    (line,) = svc.leaderboard.protocol_differences(a, [a, b])
     assert line.startswith("tiny-erfnet · energy: input_size: 64x128 vs native")
     assert "skip_empty: True vs False" in line and "checkpoint" not in line
 
@@ -67,11 +67,11 @@ def test_rows_that_differ_in_protocol_are_named(svc, two_results):  # noqa: F811
 def test_compare_component_view_matches_the_metric(svc, ws):  # noqa: F811
     from anomseg.components import image_components
 
-    image_id = svc.image_names(ws.eval_id)[0][1]
-    rgb, rows, md = svc.component_view("tiny-erfnet", image_id, "msp", quantile=0.9)
-    view = svc.load_view("tiny-erfnet", image_id)
+    image_id = svc.catalog.image_names(ws.eval_id)[0][1]
+    rgb, rows, md = svc.components.component_view("tiny-erfnet", image_id, "msp", quantile=0.9)
+    view = svc.scores.load_view("tiny-erfnet", image_id)
     assert rgb.shape == view.rgb.shape and rgb.dtype == np.uint8
-    _spec, amap = svc.score_maps("tiny-erfnet", view, ["msp"])["msp"]
+    _spec, amap = svc.scores.score_maps("tiny-erfnet", view, ["msp"])["msp"]
     thr = float(np.quantile(amap, 0.9))
     scale = amap.size / float(view.full_size[0] * view.full_size[1])
     comp = image_components(amap, view.gt_score, thr, 500 * scale, 100 * scale)
@@ -115,10 +115,10 @@ def test_compare_component_view_of_recorded_external_maps(svc, ws, tmp_path):  #
         )
 
     ws.store.transact(add)
-    assert "external:theirs" in svc.external_methods()
-    assert "external" not in svc.model_names()  # no model to run in Compare
-    name, image_id = svc.image_names(ws.eval_id)[0]
-    rgb, rows, _md = svc.component_view("tiny-erfnet", image_id, "external:theirs", quantile=0.9)
+    assert "external:theirs" in svc.components.external_methods()
+    assert "external" not in svc.catalog.model_names()  # no model to run in Compare
+    name, image_id = svc.catalog.image_names(ws.eval_id)[0]
+    rgb, rows, _md = svc.components.component_view("tiny-erfnet", image_id, "external:theirs", quantile=0.9)
     amap = np.load(tmp_path / f"{Path(name).stem}.npy")
     lab = np.asarray(Image.open(root / "labels_masks" / name))
     comp = image_components(amap, lab, float(np.quantile(amap, 0.9)), 500, 100)
@@ -138,7 +138,7 @@ def test_evaluate_job_stores_component_metrics_and_the_protocol_card(svc, ws):  
         lambda s: enqueue_job(s, "evaluate", {"model": "tiny-erfnet", "methods": ["msp"]}).id
     )
     assert _run_one_job(ws) == job
-    df = svc.leaderboard_frame(datasets=["mini-eval"])
+    df = svc.leaderboard.leaderboard_frame(datasets=["mini-eval"])
     rid = int(df[(df["model"] == "tiny-erfnet") & (df["method id"] == "msp")]["result"].max())
     with ws.store.read() as s:
         res = s.get(EvalResult, rid)

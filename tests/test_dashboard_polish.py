@@ -49,12 +49,12 @@ def test_gallery_sorts_image_names_naturally(tiny):
     from dashboard.services import Services
 
     svc = Services(tiny)
-    names = [n for n, _i in svc.image_names(tiny.ds_id)]
+    names = [n for n, _i in svc.catalog.image_names(tiny.ds_id)]
     # independent order: by (prefix, number) written out by hand from the file names
     parsed = [(n.rstrip("0123456789.png") or "", int("".join(c for c in n if c.isdigit()))) for n in names]
     assert parsed == sorted(parsed)
     assert names[:5] == ["0.png", "1.png", "2.png", "10.png", "11.png"]
-    captions = [c for _p, c in svc.gallery(tiny.ds_id)]
+    captions = [c for _p, c in svc.catalog.gallery(tiny.ds_id)]
     assert [c.split(" ", 1)[1] for c in captions] == names
 
 
@@ -90,12 +90,12 @@ def test_header_leaderboard_and_flag_list_use_the_same_names_as_compare(tiny):
         dbresults.add_eval_result(s, m.id, "entropy", tiny.ds_id, {"auprc": 0.5}, 7)
 
     tiny.store.transact(setup)
-    header = svc.header_markdown()
+    header = svc.catalog.header_markdown()
     assert "· 1 model ·" in header and "· 1 dataset ·" in header and "· 7 images ·" in header
     assert "· 0 flags ·" in header
-    df = svc.leaderboard_frame()
+    df = svc.leaderboard.leaderboard_frame()
     assert list(df["method"]) == ["MaxEntropy"] and list(df["method id"]) == ["entropy"]
-    assert len(svc.leaderboard_frame(method_filter="maxent")) == 1  # the shown name filters too
+    assert len(svc.leaderboard.leaderboard_frame(method_filter="maxent")) == 1  # the shown name filters too
 
 
 def _n_jobs(ws) -> int:
@@ -113,12 +113,12 @@ def test_generate_and_retrain_without_training_data_say_why_and_how_once(tiny):
     svc = Services(tiny)
     tiny.store.transact(lambda s: catalog.register_model(s, "real", "erfnet", None) and None)
     with pytest.raises(InputError) as gen:
-        svc.queue_generate(4)
+        svc.curate.queue_generate(4)
     msg = str(gen.value)
     assert msg.count("no synthetic dataset is registered") == 1
     assert "anomseg add-synthetic" in msg and "anomseg add-dataset ROOT --role train" in msg
     with pytest.raises(InputError) as ret:
-        svc.queue_retrain("real")
+        svc.retrain.queue_retrain("real")
     msg = str(ret.value)
     assert "no usable training samples" in msg and "anomseg add-dataset ROOT --role train" in msg
     assert _n_jobs(tiny) == 0  # refused before anything was queued
@@ -137,7 +137,7 @@ def test_retrain_refusal_keeps_its_reason_but_no_hint_once_training_data_exists(
 
     tiny.store.transact(setup)
     with pytest.raises(InputError) as ret:
-        svc.queue_retrain("real")
+        svc.retrain.queue_retrain("real")
     assert "no usable training samples" in str(ret.value)
     assert "add-dataset" not in str(ret.value)  # training data exists: flag or accept instead
 
@@ -186,7 +186,7 @@ def test_fs_static_gallery_order_is_numeric(fs_static, tmp_path):
 
     ds_id = ws.store.transact(setup)
     try:
-        names = [n for n, _i in Services(ws).image_names(ds_id)]
+        names = [n for n, _i in Services(ws).catalog.image_names(ds_id)]
     finally:
         ws.store.close()
     assert names == sorted((p.name for p in files), key=lambda n: int(n.split(".")[0]))

@@ -128,14 +128,14 @@ def svc(ws):
 
 
 def _image_ids(svc, ds_id):
-    return [i for _n, i in svc.image_names(ds_id)]
+    return [i for _n, i in svc.catalog.image_names(ds_id)]
 
 
 # ----------------------------------------------------------------------------- pure helpers
 
 
 def test_threshold_at_tpr_matches_a_brute_force_search():
-    from dashboard.services import threshold_at_tpr
+    from dashboard.services.compare import threshold_at_tpr
 
     rng = np.random.default_rng(1)
     pos = rng.normal(size=997).astype(np.float32)
@@ -147,7 +147,7 @@ def test_threshold_at_tpr_matches_a_brute_force_search():
 
 
 def test_editor_mask_thresholds_antialiased_alpha_and_refuses_empty():
-    from dashboard.services import editor_mask
+    from dashboard.services.flags import editor_mask
 
     layer = np.zeros((4, 6, 4), np.uint8)
     layer[1, 1, 3] = 255
@@ -164,7 +164,7 @@ def test_editor_mask_thresholds_antialiased_alpha_and_refuses_empty():
 
 
 def test_mask_maps_back_to_full_size_exactly_for_integer_scales():
-    from dashboard.services import mask_to_full_size
+    from dashboard.services.flags import mask_to_full_size
 
     small = np.zeros((512, 1024), bool)
     small[100:200, 300:400] = True
@@ -176,7 +176,7 @@ def test_mask_maps_back_to_full_size_exactly_for_integer_scales():
 
 
 def test_lru_is_bounded_in_bytes():
-    from dashboard.services import MapCache
+    from dashboard.services.context import MapCache
 
     c = MapCache(max_bytes=10_000)
     for i in range(10):
@@ -194,18 +194,18 @@ def test_compare_shows_every_method_with_metrics_that_match_sklearn(svc, ws):
     from anomseg import scoring
 
     image_id = _image_ids(svc, ws.eval_id)[0]
-    names = svc.default_methods("tiny-erfnet")
+    names = svc.scores.default_methods("tiny-erfnet")
     # every post-hoc scorer for pixel models plus the head version
     assert {"msp", "maxlogit", "entropy", "energy", "head:1"} <= set(names)
     assert "rba" not in names  # mask models only
-    res = svc.compare("tiny-erfnet", image_id, names)
+    res = svc.compare.compare("tiny-erfnet", image_id, names)
     assert [p.spec for p in res.panels] == names
     assert all(p.image.dtype == np.uint8 and p.image.shape[2] == 3 for p in res.panels)
     # independent check: score the model's prediction ourselves and compare AuPRC with sklearn
-    view = svc.load_view("tiny-erfnet", image_id)
+    view = svc.scores.load_view("tiny-erfnet", image_id)
     from anomseg.imageio import read_image
 
-    _img, _ds, path = svc._image_paths(image_id)
+    _img, _ds, path = svc.catalog.image_paths(image_id)
     pred = ws.predictor("tiny-erfnet").predict(read_image(path))
     amap = scoring.score("maxlogit", pred)
     valid = view.gt_score != 255
@@ -216,16 +216,16 @@ def test_compare_shows_every_method_with_metrics_that_match_sklearn(svc, ws):
 
 
 def test_slider_moves_never_rerun_the_model_or_scorers(svc, ws):
-    from dashboard.services import CompareStyle
+    from dashboard.services.compare import CompareStyle
 
     image_id = _image_ids(svc, ws.eval_id)[1]
-    names = svc.default_methods("tiny-erfnet")
+    names = svc.scores.default_methods("tiny-erfnet")
     pred = ws.predictor("tiny-erfnet")
-    svc.compare("tiny-erfnet", image_id, names)
-    forwards, maps_before = pred.forward_calls, len(svc.maps)
+    svc.compare.compare("tiny-erfnet", image_id, names)
+    forwards, maps_before = pred.forward_calls, len(svc.context.maps)
     for op in (0.1, 0.5, 0.9):
         for mode in ("off", "score value"):
-            svc.compare(
+            svc.compare.compare(
                 "tiny-erfnet",
                 image_id,
                 names,
@@ -234,18 +234,18 @@ def test_slider_moves_never_rerun_the_model_or_scorers(svc, ws):
             )
     assert pred.forward_calls == forwards
     # re-rendering only adds down-scaled copies for the grid, never a new full map
-    full_maps = [k for k in list(svc.maps._items) if k[0] != "grid"]
+    full_maps = [k for k in list(svc.context.maps._items) if k[0] != "grid"]
     assert len(full_maps) <= maps_before
 
 
 def test_opacity_changes_the_pixels_and_shared_scale_unifies_ranges(svc, ws):
-    from dashboard.services import CompareStyle
+    from dashboard.services.compare import CompareStyle
 
     image_id = _image_ids(svc, ws.eval_id)[0]
     names = ["msp", "energy"]
-    a = svc.compare("tiny-erfnet", image_id, names, None, CompareStyle(opacity=0.0, show_gt=False))
-    b = svc.compare("tiny-erfnet", image_id, names, None, CompareStyle(opacity=1.0, show_gt=False))
-    view = svc.load_view("tiny-erfnet", image_id)
+    a = svc.compare.compare("tiny-erfnet", image_id, names, None, CompareStyle(opacity=0.0, show_gt=False))
+    b = svc.compare.compare("tiny-erfnet", image_id, names, None, CompareStyle(opacity=1.0, show_gt=False))
+    view = svc.scores.load_view("tiny-erfnet", image_id)
     from dashboard import render
 
     small = render.resize_rgb(view.rgb, a.panels[0].image.shape[:2])
@@ -256,8 +256,8 @@ def test_opacity_changes_the_pixels_and_shared_scale_unifies_ranges(svc, ws):
     # a shared scale joins methods in the same units only: maxlogit and energy (logit units)
     # share the span of their two ranges, msp (a probability) keeps its own
     three = ["msp", "maxlogit", "energy"]
-    own = svc.compare("tiny-erfnet", image_id, three, None, CompareStyle())
-    s = svc.compare("tiny-erfnet", image_id, three, None, CompareStyle(shared_scale=True))
+    own = svc.compare.compare("tiny-erfnet", image_id, three, None, CompareStyle())
+    s = svc.compare.compare("tiny-erfnet", image_id, three, None, CompareStyle(shared_scale=True))
     by = {p.name: p for p in s.panels}
     mine = {p.name: p for p in own.panels}
     assert (by["msp"].vmin, by["msp"].vmax) == (mine["msp"].vmin, mine["msp"].vmax)
@@ -266,17 +266,17 @@ def test_opacity_changes_the_pixels_and_shared_scale_unifies_ranges(svc, ws):
     assert (by["maxlogit"].vmin, by["maxlogit"].vmax) == (lo, hi)
     assert (by["energy"].vmin, by["energy"].vmax) == (lo, hi)
     # each own range is the median .. 99.5th percentile of the map (numpy's percentiles)
-    _, m = svc.score_maps("tiny-erfnet", view, ["msp"])["msp"]
+    _, m = svc.scores.score_maps("tiny-erfnet", view, ["msp"])["msp"]
     valid = m if view.gt_score is None else m[view.gt_score != 255]
     exp = np.percentile(valid[:: max(1, valid.size // 65536)], [50, 99.5])
     assert (mine["msp"].vmin, mine["msp"].vmax) == pytest.approx(tuple(exp), rel=1e-5)
 
 
 def test_tpr_threshold_keeps_95_percent_of_the_dataset_anomaly_pixels(svc, ws):
-    from dashboard.services import CompareStyle
+    from dashboard.services.compare import CompareStyle
 
     ids = _image_ids(svc, ws.eval_id)
-    res = svc.compare(
+    res = svc.compare.compare(
         "tiny-erfnet",
         ids[0],
         ["maxlogit"],
@@ -286,8 +286,8 @@ def test_tpr_threshold_keeps_95_percent_of_the_dataset_anomaly_pixels(svc, ws):
     thr = res.panels[0].threshold
     pos = []
     for i in ids:
-        v = svc.load_view("tiny-erfnet", i)
-        _, m = svc.score_maps("tiny-erfnet", v, ["maxlogit"])["maxlogit"]
+        v = svc.scores.load_view("tiny-erfnet", i)
+        _, m = svc.scores.score_maps("tiny-erfnet", v, ["maxlogit"])["maxlogit"]
         pos.append(m[v.gt_score == 1])
     pos = np.concatenate(pos)
     assert (pos >= thr).mean() >= 0.95
@@ -299,7 +299,8 @@ def test_tpr_thresholds_of_all_methods_take_one_forward_per_image(ws):
     image (not one per image and method), and equal a brute-force per-method computation."""
     from anomseg.models import create_model
     from anomseg.predict import Predictor
-    from dashboard.services import CompareStyle, Services, threshold_at_tpr
+    from dashboard.services import Services
+    from dashboard.services.compare import CompareStyle, threshold_at_tpr
 
     model = create_model("erfnet", checkpoint=ws.root / "tiny-erfnet.safetensors")
     cold = Predictor(model, device="cpu", input_size=SIZE, cache_bytes=0)
@@ -314,7 +315,7 @@ def test_tpr_thresholds_of_all_methods_take_one_forward_per_image(ws):
     ids = _image_ids(svc, ws.eval_id)
     names = ["msp", "maxlogit", "energy"]
     before = cold.forward_calls
-    res = svc.compare(
+    res = svc.compare.compare(
         "tiny-erfnet",
         ids[0],
         names,
@@ -326,18 +327,18 @@ def test_tpr_thresholds_of_all_methods_take_one_forward_per_image(ws):
     for panel in res.panels:
         pos = []
         for i in ids:
-            v = svc.load_view("tiny-erfnet", i)
+            v = svc.scores.load_view("tiny-erfnet", i)
             if v.gt_score is not None and (v.gt_score == 1).any():
-                _, m = svc.score_maps("tiny-erfnet", v, [panel.name])[panel.name]
+                _, m = svc.scores.score_maps("tiny-erfnet", v, [panel.name])[panel.name]
                 pos.append(m[v.gt_score == 1])
         assert panel.threshold == threshold_at_tpr(np.concatenate(pos))
 
 
 def test_tpr_threshold_on_a_dataset_without_labels_is_a_clear_note(svc, ws):
-    from dashboard.services import CompareStyle
+    from dashboard.services.compare import CompareStyle
 
     image_id = _image_ids(svc, ws.train_id)[0]
-    res = svc.compare(
+    res = svc.compare.compare(
         "tiny-erfnet", image_id, ["msp"], None, CompareStyle(threshold_mode="95% TPR on dataset")
     )
     assert res.panels[0].threshold is None
@@ -348,16 +349,16 @@ def test_tpr_threshold_on_a_dataset_without_labels_is_a_clear_note(svc, ws):
 def test_unknown_method_and_empty_selection_are_refused(svc, ws):
     image_id = _image_ids(svc, ws.eval_id)[0]
     with pytest.raises(InputError, match="not available"):
-        svc.compare("tiny-erfnet", image_id, ["rba"])
+        svc.compare.compare("tiny-erfnet", image_id, ["rba"])
     with pytest.raises(InputError, match="no method selected"):
-        svc.compare("tiny-erfnet", image_id, [])
+        svc.compare.compare("tiny-erfnet", image_id, [])
 
 
 def test_method_parameters_change_the_map(svc, ws):
     image_id = _image_ids(svc, ws.eval_id)[0]
-    view = svc.load_view("tiny-erfnet", image_id)
-    m1 = svc.score_maps("tiny-erfnet", view, ["msp"], {"msp": {"T": 1.0}})["msp"]
-    m2 = svc.score_maps("tiny-erfnet", view, ["msp"], {"msp": {"T": 3.0}})["msp"]
+    view = svc.scores.load_view("tiny-erfnet", image_id)
+    m1 = svc.scores.score_maps("tiny-erfnet", view, ["msp"], {"msp": {"T": 1.0}})["msp"]
+    m2 = svc.scores.score_maps("tiny-erfnet", view, ["msp"], {"msp": {"T": 3.0}})["msp"]
     assert m1[0] == "msp" and m2[0] == "msp:T=3.0"
     assert not np.allclose(m1[1], m2[1])
 
@@ -369,13 +370,13 @@ def test_upload_is_stored_under_its_hash_and_registered(svc, ws, tmp_path):
     p = tmp_path / "../../evil name.png"
     p = tmp_path / "evil name.png"
     Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(p)
-    image_id = svc.register_upload(p)
-    _img, ds, path = svc._image_paths(image_id)
+    image_id = svc.catalog.register_upload(p)
+    _img, ds, path = svc.catalog.image_paths(image_id)
     uploads = Path(ws.uploads_dir).resolve()
     assert ds.name == "uploads" and path.parent.parent.resolve() == uploads
     # the user's own file name is kept (sanitised), in a folder named by the pixels' hash
-    assert path.name == "evil_name.png" and svc.image_names(ds.id)[0][0] == "evil_name.png"
-    res = svc.compare("tiny-erfnet", image_id, ["msp"])
+    assert path.name == "evil_name.png" and svc.catalog.image_names(ds.id)[0][0] == "evil_name.png"
+    res = svc.compare.compare("tiny-erfnet", image_id, ["msp"])
     assert res.panels[0].auprc is None  # no ground truth for an upload
 
 
@@ -394,7 +395,7 @@ def test_bad_uploads_are_refused_with_a_reason_and_nothing_is_stored(
     p.write_bytes(content)
     before = sorted(Path(ws.uploads_dir).iterdir())
     with pytest.raises(InputError, match=expect):
-        svc.register_upload(p)
+        svc.catalog.register_upload(p)
     assert sorted(Path(ws.uploads_dir).iterdir()) == before
 
 
@@ -402,7 +403,7 @@ def test_huge_upload_is_refused(svc, tmp_path):
     p = tmp_path / "big.png"
     Image.new("L", (3000, 2000)).save(p)
     with pytest.raises(InputError, match="pixels"):
-        svc.register_upload(p, max_pixels=1_000_000)
+        svc.catalog.register_upload(p, max_pixels=1_000_000)
 
 
 # ----------------------------------------------------------------------------- flags
@@ -412,12 +413,12 @@ def test_flag_painted_on_a_downscaled_canvas_lands_full_size_in_the_store(svc, w
     from db import flags as dbflags
 
     image_id = _image_ids(svc, ws.train_id)[0]
-    canvas = svc.flag_canvas("tiny-erfnet", image_id, "msp")
+    canvas = svc.flags.flag_canvas("tiny-erfnet", image_id, "msp")
     bg = canvas["background"]
     assert bg.shape[:2] == (64, 128)
     layer = np.zeros((*bg.shape[:2], 4), np.uint8)
     layer[10:20, 30:50, 3] = 255
-    fid = svc.save_flag(
+    fid = svc.flags.save_flag(
         "tiny-erfnet",
         image_id,
         "msp",
@@ -432,35 +433,35 @@ def test_flag_painted_on_a_downscaled_canvas_lands_full_size_in_the_store(svc, w
         mask = f.decoded_mask()
         assert (f.kind, f.method, f.author, f.note) == ("false_positive", "msp", "ann", "a shadow")
     assert mask.sum() == 200 and mask[10:20, 30:50].all()
-    df = svc.flags_frame(image_id)
+    df = svc.flags.flags_frame(image_id)
     assert int(df.iloc[0]["id"]) == fid
     assert df.iloc[0]["method"] == "MSP"  # the name Compare shows, not the stored "msp"
-    svc.update_flag(fid, note="edited", kind="ignore")
+    svc.flags.update_flag(fid, note="edited", kind="ignore")
     with ws.store.read() as s:
         assert dbflags.get_flag(s, fid).note == "edited"
-    svc.delete_flag(fid)
-    assert fid not in set(svc.flags_frame(image_id)["id"])
+    svc.flags.delete_flag(fid)
+    assert fid not in set(svc.flags.flags_frame(image_id)["id"])
 
 
 def test_empty_flag_is_refused_and_nothing_is_stored(svc, ws):
     image_id = _image_ids(svc, ws.train_id)[0]
-    before = svc.count_flags()
-    canvas = svc.flag_canvas("tiny-erfnet", image_id, "msp")
+    before = svc.flags.count_flags()
+    canvas = svc.flags.flag_canvas("tiny-erfnet", image_id, "msp")
     with pytest.raises(InputError, match="empty"):
-        svc.save_flag("tiny-erfnet", image_id, "msp", None, "false positive", canvas, "", "x")
-    assert svc.count_flags() == before
+        svc.flags.save_flag("tiny-erfnet", image_id, "msp", None, "false positive", canvas, "", "x")
+    assert svc.flags.count_flags() == before
 
 
 def test_concurrent_flags_from_many_threads_are_all_stored(svc, ws):
     image_id = _image_ids(svc, ws.train_id)[0]
-    before = svc.count_flags()
+    before = svc.flags.count_flags()
     layer = np.zeros((64, 128, 4), np.uint8)
     layer[5:9, 5:9, 3] = 255
     errors = []
 
     def one(k):
         try:
-            svc.save_flag(
+            svc.flags.save_flag(
                 "tiny-erfnet",
                 image_id,
                 "msp",
@@ -479,20 +480,20 @@ def test_concurrent_flags_from_many_threads_are_all_stored(svc, ws):
     for t in threads:
         t.join()
     assert not errors
-    assert svc.count_flags() == before + 12
+    assert svc.flags.count_flags() == before + 12
 
 
 # ----------------------------------------------------------------------------- curate
 
 
 def _first_sample(svc):
-    df = svc.samples_frame()
+    df = svc.curate.samples_frame()
     return int(df.iloc[0]["id"])
 
 
 def test_sample_view_renders_the_current_records(svc):
     sid = _first_sample(svc)
-    img, df, keys = svc.sample_view(sid, "p0")
+    img, df, keys = svc.curate.sample_view(sid, "p0")
     assert img.shape == (64, 128, 3) and keys == list(df["key"])
     # the selected paste is outlined in yellow
     assert ((img == (255, 220, 0)).all(axis=2)).any()
@@ -500,24 +501,24 @@ def test_sample_view_renders_the_current_records(svc):
 
 def test_editing_a_paste_adds_a_revision_and_changes_the_render(svc):
     sid = _first_sample(svc)
-    before_img = svc.render_sample(sid).rgb.copy()
-    rec = svc.paste_record(sid, "p0")
-    n0 = svc.paste_revisions(sid, "p0")
-    rev = svc.edit_paste(sid, "p0", {"flip": not rec["flip"]}, "ann")
-    assert rev == n0 + 1 and svc.paste_revisions(sid, "p0") == n0 + 1
-    assert svc.paste_record(sid, "p0")["flip"] is (not rec["flip"])
-    assert not np.array_equal(svc.render_sample(sid).rgb, before_img)
+    before_img = svc.curate.render_sample(sid).rgb.copy()
+    rec = svc.curate.paste_record(sid, "p0")
+    n0 = svc.curate.paste_revisions(sid, "p0")
+    rev = svc.curate.edit_paste(sid, "p0", {"flip": not rec["flip"]}, "ann")
+    assert rev == n0 + 1 and svc.curate.paste_revisions(sid, "p0") == n0 + 1
+    assert svc.curate.paste_record(sid, "p0")["flip"] is (not rec["flip"])
+    assert not np.array_equal(svc.curate.render_sample(sid).rgb, before_img)
     # undo brings the old record and the old picture back; the revision stays stored
-    svc.undo_paste(sid, "p0")
-    assert svc.paste_record(sid, "p0") == rec
-    assert np.array_equal(svc.render_sample(sid).rgb, before_img)
-    assert svc.paste_revisions(sid, "p0") == n0 + 1
+    svc.curate.undo_paste(sid, "p0")
+    assert svc.curate.paste_record(sid, "p0") == rec
+    assert np.array_equal(svc.curate.render_sample(sid).rgb, before_img)
+    assert svc.curate.paste_revisions(sid, "p0") == n0 + 1
 
 
 def test_moving_a_paste_off_the_road_is_refused_and_nothing_is_stored(svc):
     sid = _first_sample(svc)
-    rec = svc.paste_record(sid, "p0")
-    n0 = svc.paste_revisions(sid, "p0")
+    rec = svc.curate.paste_record(sid, "p0")
+    n0 = svc.curate.paste_revisions(sid, "p0")
     from anomseg.synth.geometry import transform_mask
     from anomseg.world.objects import make_object
 
@@ -525,83 +526,83 @@ def test_moving_a_paste_off_the_road_is_refused_and_nothing_is_stored(svc):
         make_object(rec["object_id"]), rec["scale"], rec["flip"], rec["rotation"]
     ).shape[0]
     with pytest.raises(InputError, match="off the road"):
-        svc.move_paste(sid, "p0", 64, h + 1, "ann")  # standing on the top rows: sky / buildings
+        svc.curate.move_paste(sid, "p0", 64, h + 1, "ann")  # standing on the top rows: sky / buildings
     with pytest.raises(InputError, match="off the image"):
-        svc.move_paste(sid, "p0", 127, 63, "ann")
-    assert svc.paste_revisions(sid, "p0") == n0 and svc.paste_record(sid, "p0") == rec
+        svc.curate.move_paste(sid, "p0", 127, 63, "ann")
+    assert svc.curate.paste_revisions(sid, "p0") == n0 and svc.curate.paste_record(sid, "p0") == rec
 
 
 def test_sample_status_and_generate_job(svc, ws):
     from db.jobs import get_job
 
     sid = _first_sample(svc)
-    svc.set_sample_status(sid, "accepted")
-    assert svc.samples_frame("accepted")["id"].tolist() == [sid]
-    assert svc.sample_counts()["accepted"] == 1
-    job = svc.queue_generate(4)
+    svc.curate.set_sample_status(sid, "accepted")
+    assert svc.curate.samples_frame("accepted")["id"].tolist() == [sid]
+    assert svc.curate.sample_counts()["accepted"] == 1
+    job = svc.curate.queue_generate(4)
     with ws.store.read() as s:
         j = get_job(s, job)
         assert (j.kind, j.params["n"], j.status) == ("synth_generate", 4, "queued")
     with pytest.raises(InputError, match="1..500"):
-        svc.queue_generate(0)
+        svc.curate.queue_generate(0)
 
 
 # ----------------------------------------------------------------------------- retrain, leaderboard
 
 
 def test_training_summary_counts_what_trains(svc):
-    md = svc.training_summary("tiny-erfnet")
+    md = svc.retrain.training_summary("tiny-erfnet")
     assert "accepted synthetic samples | **" in md and "false-positive flags" in md
 
 
 def test_retrain_request_is_queued_with_its_hyper_parameters(svc, ws):
-    job = svc.queue_retrain(
+    job = svc.retrain.queue_retrain(
         "tiny-erfnet", "stats", epochs=2, lr=0.01, fp_weight=3.0, activate="never"
     )
-    st = svc.job_state(job)
+    st = svc.jobs.job_state(job)
     assert st.status == "queued" and st.kind == "train_head" and not st.finished
     with ws.store.read() as s:
         from db.jobs import get_job
 
         p = get_job(s, job).params
     assert (p["epochs"], p["lr"], p["fp_weight"], p["activate"]) == (2, 0.01, 3.0, "never")
-    assert svc.latest_job(("train_head",), running_only=True) == job
-    svc.cancel_job(job)
-    assert svc.job_state(job).status == "cancelled"
+    assert svc.jobs.latest_job(("train_head",), running_only=True) == job
+    svc.jobs.cancel_job(job)
+    assert svc.jobs.job_state(job).status == "cancelled"
 
 
 def test_head_history_activation_and_rollback_guard(svc):
-    df = svc.head_history("tiny-erfnet")
+    df = svc.retrain.head_history("tiny-erfnet")
     assert df.iloc[0]["version"] == 1 and df.iloc[0]["active"] == "●"
     assert df.iloc[0]["AuPRC % mini-eval"] == 60.0
     with pytest.raises(InputError, match="no parent"):
-        svc.rollback_head("tiny-erfnet")
+        svc.retrain.rollback_head("tiny-erfnet")
 
 
 def test_leaderboard_filters_and_worst_images(svc, ws):
-    df = svc.leaderboard_frame()
+    df = svc.leaderboard.leaderboard_frame()
     assert set(df["method id"]) == {"msp", "head:1"}
     assert df.iloc[0]["method id"] == "head:1"  # sorted by AuPRC within the dataset
     assert df[df["method id"] == "msp"]["AuPRC"].item() == 40.0
-    assert len(svc.leaderboard_frame(method_filter="head")) == 1
+    assert len(svc.leaderboard.leaderboard_frame(method_filter="head")) == 1
     rid = int(df[df["method id"] == "msp"]["result"].item())
-    worst = svc.worst_images(rid, k=2)
+    worst = svc.leaderboard.worst_images(rid, k=2)
     assert [n for _i, n, _a in worst] == ["img1", "img0"]
-    names = {i: n for n, i in svc.image_names(ws.eval_id)}
+    names = {i: n for n, i in svc.catalog.image_names(ws.eval_id)}
     assert [names[i] for i, _n, _a in worst] == ["img1.png", "img0.png"]
 
 
 def test_pr_curves_end_at_full_recall(svc, ws):
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    curves = svc.pr_curves("tiny-erfnet", ws.eval_id, ["msp", "head:1"])
+    curves = svc.leaderboard.pr_curves("tiny-erfnet", ws.eval_id, ["msp", "head:1"])
     assert len(curves) == 2
     for (label, recall, precision), name in zip(curves, ["msp", "head:1"], strict=True):
         assert recall[-1] == pytest.approx(1.0) and 0 <= precision.min() <= precision.max() <= 1
         scores, labels = [], []
-        for _n, image_id in svc.image_names(ws.eval_id):
-            v = svc.load_view("tiny-erfnet", image_id)
-            _, m = svc.score_maps("tiny-erfnet", v, [name])[name]
+        for _n, image_id in svc.catalog.image_names(ws.eval_id):
+            v = svc.scores.load_view("tiny-erfnet", image_id)
+            _, m = svc.scores.score_maps("tiny-erfnet", v, [name])[name]
             keep = v.gt_score != 255
             scores.append(m[keep])
             labels.append(v.gt_score[keep] == 1)
@@ -622,15 +623,15 @@ def test_paste_edit_writes_the_render_cache_training_reads(svc, ws):
     from db import pastes as dbpastes
     from training.dataset import revisions_hash
 
-    sid = int(svc.samples_frame().iloc[1]["id"])
-    rec = svc.paste_record(sid, "p0")
-    svc.edit_paste(sid, "p0", {"feather": 0.0 if rec["feather"] else 1.0}, "ann")
+    sid = int(svc.curate.samples_frame().iloc[1]["id"])
+    rec = svc.curate.paste_record(sid, "p0")
+    svc.curate.edit_paste(sid, "p0", {"feather": 0.0 if rec["feather"] else 1.0}, "ann")
     with ws.store.read() as s:
         smp = dbpastes.get_sample(s, sid)
         revs = {p.key: r.content_hash for p, r in dbpastes.current_revisions(s, sid)}
         cache = smp.render
     assert cache["revisions_hash"] == revisions_hash(revs)
-    assert np.array_equal(read_label(cache["gt"]), svc.render_sample(sid).gt)
+    assert np.array_equal(read_label(cache["gt"]), svc.curate.render_sample(sid).gt)
 
 
 def _run_one_job(ws):
@@ -668,13 +669,13 @@ def test_evaluate_job_writes_results_equal_to_sklearn(svc, ws):
         j = get_job(s, job)
         assert j.status == "done", j.error
         ev = catalog.get_dataset(s, "mini-eval").id
-    df = svc.leaderboard_frame(datasets=["mini-eval"])
+    df = svc.leaderboard.leaderboard_frame(datasets=["mini-eval"])
     row = df[df["method id"] == "maxlogit"]
     assert len(row) == 1 and int(row["images"].item()) == 3
     scores, labels = [], []
-    for _n, image_id in svc.image_names(ev):
-        v = svc.load_view("tiny-erfnet", image_id)
-        _, m = svc.score_maps("tiny-erfnet", v, ["maxlogit"])["maxlogit"]
+    for _n, image_id in svc.catalog.image_names(ev):
+        v = svc.scores.load_view("tiny-erfnet", image_id)
+        _, m = svc.scores.score_maps("tiny-erfnet", v, ["maxlogit"])["maxlogit"]
         keep = v.gt_score != 255
         scores.append(m[keep])
         labels.append(v.gt_score[keep] == 1)
@@ -683,7 +684,7 @@ def test_evaluate_job_writes_results_equal_to_sklearn(svc, ws):
     # the head version was evaluated too, with per-image figures for the drill-down
     assert "head:1" in set(df["method id"])
     rid = int(row["result"].item())
-    assert len(svc.worst_images(rid, k=5)) == 3
+    assert len(svc.leaderboard.worst_images(rid, k=5)) == 3
 
 
 def test_generate_job_proposes_new_samples_on_the_ground(svc, ws):
@@ -691,14 +692,14 @@ def test_generate_job_proposes_new_samples_on_the_ground(svc, ws):
     from db import pastes as dbpastes
 
     _drain_queue(ws)
-    for sid in svc.samples_frame()["id"]:
-        svc.refresh_render_cache(int(sid))  # tells the generator the scene size
-    before = set(svc.samples_frame()["id"])
-    job = svc.queue_generate(2)
+    for sid in svc.curate.samples_frame()["id"]:
+        svc.curate.refresh_render_cache(int(sid))  # tells the generator the scene size
+    before = set(svc.curate.samples_frame()["id"])
+    job = svc.curate.queue_generate(2)
     assert _run_one_job(ws) == job
-    st = svc.job_state(job)
+    st = svc.jobs.job_state(job)
     assert st.status == "done", st.error
-    new = set(svc.samples_frame()["id"]) - before
+    new = set(svc.curate.samples_frame()["id"]) - before
     assert len(new) == 2
     for sid in new:
         with ws.store.read() as s:
@@ -708,10 +709,10 @@ def test_generate_job_proposes_new_samples_on_the_ground(svc, ws):
                 PasteRecord.from_dict(r) for r in dbpastes.current_records(s, int(sid)).values()
             ]
         assert recs
-        bg = svc._background(int(sid))
+        bg = svc.curate._background(int(sid))
         assert bg.rgb.shape[:2] == SIZE
         for r in recs:
-            svc.check_placement(bg, r)
+            svc.curate.check_placement(bg, r)
 
 
 def test_worst_images_of_a_result_without_per_image_figures_are_scored_live(svc, ws):
@@ -723,7 +724,7 @@ def test_worst_images_of_a_result_without_per_image_figures_are_scored_live(svc,
         return dbresults.add_eval_result(s, m.id, "head:1", ws.eval_id, {"auprc": 0.5}, 3).id
 
     rid = ws.store.transact(add)  # a result stored without per-image figures
-    worst = svc.worst_images(rid, k=3)
+    worst = svc.leaderboard.worst_images(rid, k=3)
     assert len(worst) == 3
     aus = [a for _i, _n, a in worst]
     assert aus == sorted(aus)
@@ -731,8 +732,8 @@ def test_worst_images_of_a_result_without_per_image_figures_are_scored_live(svc,
     from sklearn.metrics import average_precision_score
 
     image_id, _name, au = worst[0]
-    v = svc.load_view("tiny-erfnet", image_id)
-    _, m = svc.score_maps("tiny-erfnet", v, ["head:1"])["head:1"]
+    v = svc.scores.load_view("tiny-erfnet", image_id)
+    _, m = svc.scores.score_maps("tiny-erfnet", v, ["head:1"])["head:1"]
     keep = v.gt_score != 255
     assert au == pytest.approx(average_precision_score(v.gt_score[keep] == 1, m[keep]), abs=1e-6)
 
@@ -743,7 +744,7 @@ def test_head_rows_show_recipe_and_geometry(svc, ws):
     from db import catalog
     from db import heads as dbheads
 
-    df = svc.leaderboard_frame()
+    df = svc.leaderboard.leaderboard_frame()
     setup = dict(zip(df["method id"], df["head setup"], strict=True))
     # post-hoc rows (msp, and any an earlier test of this module recorded) carry no head setup
     assert setup["head:1"] == "default · stitched" and setup["msp"] == ""
@@ -756,9 +757,9 @@ def test_head_rows_show_recipe_and_geometry(svc, ws):
     ws.store.transact(lambda s: set_hparams(s, {"epochs": 1, "recipe": "seed",
                                                 "head_geometry": "window"}))  # fmt: skip
     try:
-        df = svc.leaderboard_frame()
+        df = svc.leaderboard.leaderboard_frame()
         assert df[df["method id"] == "head:1"]["head setup"].item() == "seed · window"
-        hist = svc.head_history("tiny-erfnet")
+        hist = svc.retrain.head_history("tiny-erfnet")
         assert (hist.iloc[0]["recipe"], hist.iloc[0]["geometry"]) == ("seed", "window")
     finally:
         ws.store.transact(lambda s: set_hparams(s, {"epochs": 1}))

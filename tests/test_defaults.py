@@ -55,7 +55,7 @@ def test_the_retrain_tab_request_uses_train_config_defaults(tmp_path):
 
     ws = _WS()
     ws.store = store
-    job = Services(ws).queue_retrain("colour", "stats", activate="never")
+    job = Services(ws).retrain.queue_retrain("colour", "stats", activate="never")
     with store.read() as s:
         p = dbjobs.get_job(s, job).params
     d = TrainConfig()

@@ -57,7 +57,7 @@ def _layer(h: int, w: int, box=None) -> np.ndarray:
 
 def _save(svc, layers, token=None):
     value = {"background": None, "layers": layers, "composite": None}
-    return svc.save_flag("m", _image_id(svc), "msp", None, "false positive", value, token=token)
+    return svc.flags.save_flag("m", _image_id(svc), "msp", None, "false positive", value, token=token)
 
 
 def _flags(svc) -> list:
@@ -139,7 +139,7 @@ def test_a_token_cannot_be_reused_for_another_image_or_be_malformed(svc, tmp_pat
         img2 = catalog.add_image(s, ds, "images/b.png", "cd" * 32, W, H).id
     value = {"background": None, "layers": [_layer(576, 1024, (0, 0, 9, 9))], "composite": None}
     with pytest.raises(InputError, match="already saved"):
-        svc.save_flag("m", img2, "msp", None, "false positive", value, token=token)
+        svc.flags.save_flag("m", img2, "msp", None, "false positive", value, token=token)
 
 
 def test_a_second_identical_retrain_is_merged_into_the_first(tmp_path):
@@ -176,7 +176,7 @@ def test_a_second_identical_retrain_is_merged_into_the_first(tmp_path):
 
 def test_stored_flags_overlay_equals_the_per_flag_computation(svc):
     from dashboard import flag_layers, render
-    from dashboard.services import FLAG_KIND_SHORT
+    from dashboard.services.flags import FLAG_KIND_SHORT
 
     rng = np.random.default_rng(1)
     image_id = _image_id(svc)
@@ -188,7 +188,7 @@ def test_stored_flags_overlay_equals_the_per_flag_computation(svc):
             kind = ("false_positive", "false_negative", "ignore")[i % 3]
             dbflags.add_flag(s, image_id, 1, "msp", kind, m)
     out_hw = (288, 512)
-    layers = flag_layers.kind_layers(svc._flag_crops(image_id), (H, W), out_hw)
+    layers = flag_layers.kind_layers(svc.flags._flag_crops(image_id), (H, W), out_hw)
     with svc.store.read() as s:
         expect: dict[str, np.ndarray] = {}
         for f in dbflags.list_flags(s, image_id=image_id):
@@ -198,9 +198,9 @@ def test_stored_flags_overlay_equals_the_per_flag_computation(svc):
     assert sorted(layers) == sorted(expect)
     for k in expect:
         assert np.array_equal(layers[k], expect[k]), k
-    overlay = svc.flags_overlay(image_id, max_side=512)
+    overlay = svc.flags.flags_overlay(image_id, max_side=512)
     assert overlay.shape == (*out_hw, 3)
-    base = render.resize_rgb(np.asarray(Image.open(svc._image_paths(image_id)[2])), out_hw)
+    base = render.resize_rgb(np.asarray(Image.open(svc.catalog.image_paths(image_id)[2])), out_hw)
     none = ~(expect["fp"] | expect["fn"] | expect["ignore"])
     assert np.array_equal(overlay[none], base[none])  # untouched outside every flag
     assert not np.array_equal(overlay[expect["fp"]], base[expect["fp"]])

@@ -182,7 +182,7 @@ def test_the_retrain_tab_poll_notices_a_dead_job(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     try:
         jid = _claimed_by(ws.store, f"{q.this_host()}:{_dead_pid()}:{q.boot_id()}")
-        state = Services(ws).job_state(jid)
+        state = Services(ws).jobs.job_state(jid)
         assert state.status == "failed" and state.finished and "gone" in (state.error or "")
     finally:
         ws.close()

@@ -110,9 +110,9 @@ def test_services_refuse_out_of_range_ids_with_a_message(tmp_path):
     try:
         svc = Services(ws)
         for call in (
-            lambda: svc._image_paths(2**63),
-            lambda: svc.delete_flag(2**63),
-            lambda: svc.job_state(2**64),
+            lambda: svc.catalog.image_paths(2**63),
+            lambda: svc.flags.delete_flag(2**63),
+            lambda: svc.jobs.job_state(2**64),
         ):
             with pytest.raises(InputError, match="out of range"):
                 call()

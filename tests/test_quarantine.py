@@ -157,13 +157,13 @@ def test_flag_tab_shows_lists_and_deletes_a_corrupt_flag(damaged):
 
     ws, ids = damaged
     svc = Services(ws)
-    overlay = svc.flags_overlay(ids["image"])
+    overlay = svc.flags.flags_overlay(ids["image"])
     assert overlay.shape[:2] == (H, W)
-    frame = svc.flags_frame(ids["image"])
+    frame = svc.flags.flags_frame(ids["image"])
     assert sorted(frame["id"]) == sorted([*ids["good"], ids["bad"]])
     note = frame.loc[frame["id"] == ids["bad"], "note"].item()
     assert note.startswith("⚠ quarantined")
-    listed = svc.quarantine_markdown()
+    listed = svc.flags.quarantine_markdown()
     assert f"flag #{ids['bad']}" in listed and f"paste revision #{ids['rev']}" in listed
-    svc.delete_flag(ids["bad"])
-    assert sorted(svc.flags_frame(ids["image"])["id"]) == sorted(ids["good"])
+    svc.flags.delete_flag(ids["bad"])
+    assert sorted(svc.flags.flags_frame(ids["image"])["id"]) == sorted(ids["good"])

@@ -105,7 +105,7 @@ def test_add_model_on_an_existing_name_is_refused_unless_replace(tmp_path, capsy
                 heads.head_checkpoint_for(s, sha_b, 1)
         # the running app: no head offered for the new weights, and the new weights are loaded
         svc = Services(app)
-        assert not [c for c in svc.method_choices("m") if c.name.startswith("head:")]
+        assert not [c for c in svc.scores.method_choices("m") if c.name.startswith("head:")]
         after = app.predictor("m")
         assert after is not before
         sd_before, sd_after = before.model.state_dict(), after.model.state_dict()

@@ -300,8 +300,8 @@ def test_upload_names_cannot_escape_the_uploads_folder(svc, tmp_path):
     all_before = _files(tmp_path)
     stored = []
     for c in candidates:
-        image_id = svc.register_upload(c)
-        _img, ds, path = svc._image_paths(image_id)
+        image_id = svc.catalog.register_upload(c)
+        _img, ds, path = svc.catalog.image_paths(image_id)
         path = path.resolve()
         # stored in a folder named by a hash of the pixels, under the client's name sanitised
         # to letters, digits, "_" and "-": no separator, dot or encoded step survives
@@ -323,13 +323,13 @@ def test_upload_of_a_non_image_by_absolute_path_writes_nothing(svc, tmp_path):
     secret.write_text("password=hunter2\n")
     before = _files(tmp_path)
     with pytest.raises(InputError):
-        svc.register_upload(str(secret))
+        svc.catalog.register_upload(str(secret))
     assert _files(tmp_path) == before
 
 
 @pytest.mark.parametrize("bad", ["../../evil", "/etc/passwd", "abc", "0123456789abcdeg"])
 def test_stored_upload_name_accepts_only_a_hex_digest(bad):
-    from dashboard.services import safe_upload_name
+    from dashboard.services.catalog import safe_upload_name
 
     with pytest.raises(InputError):
         safe_upload_name(bad)

@@ -423,15 +423,15 @@ def test_curate_services_render_and_edit_samples_on_stored_sources(ws, tmp_path)
 
         cache = dbpastes.get_sample(s, sid).render
     # Curate's preview is the stored render (CamVid background, COCO object from the spec)
-    np.testing.assert_array_equal(svc.render_sample(sid).rgb, read_image(cache["image"]))
-    assert svc.object_choices("coco")  # the object list of the stored COCO source
-    rec = svc.paste_record(sid, "p0")
+    np.testing.assert_array_equal(svc.curate.render_sample(sid).rgb, read_image(cache["image"]))
+    assert svc.curate.object_choices("coco")  # the object list of the stored COCO source
+    rec = svc.curate.paste_record(sid, "p0")
     # a move along the road is stored as a new revision and re-rendered; off the road is refused
-    n = svc.edit_paste(sid, "p0", {"x": rec["x"] + (3 if rec["x"] < W // 2 else -3)})
+    n = svc.curate.edit_paste(sid, "p0", {"x": rec["x"] + (3 if rec["x"] < W // 2 else -3)})
     assert n == 2
-    assert svc.refresh_render_cache(sid)["image"] != cache["image"]
+    assert svc.curate.refresh_render_cache(sid)["image"] != cache["image"]
     with pytest.raises(InputError, match="off the road"):
-        svc.edit_paste(sid, "p0", {"x": 17, "y": H // 3 + 7})  # onto the car and the sky
+        svc.curate.edit_paste(sid, "p0", {"x": 17, "y": H // 3 + 7})  # onto the car and the sky
 
 
 def test_synth_yaml_config_reads_a_labelled_source(tmp_path):

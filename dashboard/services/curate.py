@@ -1,0 +1,360 @@
+"""The Curate tab: synthetic samples, their pastes (edit, move, undo, redo, checked to stand on
+the road), the render cache training reads, and queueing more samples."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomseg.cache import LRU
+from anomseg.errors import InputError
+from dashboard import render
+from dashboard.services.context import ServiceContext
+from dashboard.wording import REGISTER_TRAINING_HINT
+
+# where a pasted object may stand (the drivable / walkable ground the demo pastes use)
+TARGET_CLASSES = ("road", "sidewalk", "terrain")
+MIN_ROAD_COVERAGE = 0.8
+
+
+class CurateService:
+    """Synthetic samples and their pastes."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.ws = ctx.ws
+        self.store = ctx.store
+        self.renders = LRU(max_items=16)
+
+    def samples_frame(self, status: str | None = None):
+        """Synthetic samples (optionally of one status) as a data frame."""
+        import pandas as pd
+
+        from db import pastes as dbpastes
+
+        status = None if status in (None, "", "all") else status
+        with self.store.read() as s:
+            rows = []
+            for smp in dbpastes.list_samples(s, status=status):
+                live = sum(1 for _p, r in dbpastes.current_revisions(s, smp.id) if r.record_json)
+                rows.append(
+                    {
+                        "id": smp.id,
+                        "status": smp.status,
+                        "background": smp.background_id,
+                        "pastes": live,
+                        "updated": smp.updated.strftime("%Y-%m-%d %H:%M:%S"),
+                    }
+                )
+        return pd.DataFrame(rows, columns=["id", "status", "background", "pastes", "updated"])
+
+    def sample_counts(self) -> dict[str, int]:
+        """Number of synthetic samples per status."""
+        from db import pastes as dbpastes
+
+        with self.store.read() as s:
+            return dbpastes.sample_counts(s)
+
+    def _background(self, sample_id: int) -> Any:
+        """The background of a sample: from the workspace if it knows, else by source registry."""
+        from db import pastes as dbpastes
+
+        with self.store.read() as s:
+            smp = dbpastes.get_sample(s, int(sample_id))
+            bid, cached, root = smp.background_id, smp.render or {}, smp.dataset.root
+        hit = self.renders.get(("bg", bid))
+        if hit is not None:
+            return hit
+        from training.synth_samples import sample_sources
+
+        getter = getattr(self.ws, "background", None)
+        stored = sample_sources(self.store, int(sample_id))  # real backgrounds: the dataset's spec
+        if stored is not None:
+            bg = stored[0].load(bid)
+        elif callable(getter):
+            bg = getter(bid)
+        else:
+            bg = self._registry_background(bid, self._sample_size(cached, root))
+        self.renders.put(("bg", bid), bg)
+        return bg
+
+    def _sample_size(self, cached: dict, root: str) -> tuple[int, int] | None:
+        """(H, W) a sample was made at: from its render cache, else the workspace's demo size."""
+        if cached.get("size"):
+            return int(cached["size"][0]), int(cached["size"][1])
+        if cached.get("image"):
+            from anomseg.imageio import image_size
+
+            p = Path(cached["image"])
+            p = p if p.is_absolute() else Path(root) / p
+            if p.is_file():
+                return image_size(p)
+        size = getattr(self.ws, "demo_size", None)
+        return (int(size[0]), int(size[1])) if size else None
+
+    def _registry_background(self, bid: str, size: tuple[int, int] | None) -> Any:
+        import anomseg.world  # noqa: F401  (registers the procedural source)
+        from anomseg.synth.sources import BACKGROUND_SOURCES
+
+        source = bid.split(":", 1)[0]
+        builder = BACKGROUND_SOURCES.get(source)
+        kw: dict[str, Any] = {}
+        if source == "procedural":
+            kw = {"start": 0, "stop": 2**31}
+            if size:
+                kw["size"] = size
+        return builder(**kw).load(bid)
+
+    def _lookup(self) -> Any:
+        getter = getattr(self.ws, "object_lookup", None)
+        if callable(getter):
+            return getter()
+        import anomseg.world  # noqa: F401  (registers the bank source)
+        from anomseg.synth.sources import OBJECT_SOURCES
+
+        built: dict[str, Any] = {}
+
+        def find(source: str, object_id: str) -> Any:
+            if source not in built:
+                from training.synth_samples import object_source_for
+
+                # a source with options (COCO) is built from a synthetic dataset's stored spec
+                stored = object_source_for(self.store, source, object_id)
+                built[source] = stored or OBJECT_SOURCES.get(source)()
+            return built[source].load(object_id)
+
+        return find
+
+    def object_choices(self, source: str = "bank", limit: int = 400) -> list[str]:
+        """Object ids a paste can switch to (of the paste's source)."""
+        getter = getattr(self.ws, "object_ids", None)
+        if callable(getter):
+            return list(getter(source))[:limit]
+        import anomseg.world  # noqa: F401
+        from anomseg.synth.sources import OBJECT_SOURCES
+        from training.synth_samples import object_source_for
+
+        stored = object_source_for(self.store, source)  # COCO: a synthetic dataset's spec
+        return (stored or OBJECT_SOURCES.get(source)()).ids()[:limit]
+
+    def _records(self, sample_id: int) -> list[tuple[int, str, Any]]:
+        """(paste id, key, PasteRecord) of the live pastes of a sample."""
+        from anomseg.synth.records import PasteRecord
+        from db import pastes as dbpastes
+
+        with self.store.read() as s:
+            out = []
+            for paste, rev in dbpastes.current_revisions(s, int(sample_id)):
+                if rev.record is not None:
+                    out.append((paste.id, paste.key, PasteRecord.from_dict(rev.record)))
+        return out
+
+    def render_sample(self, sample_id: int) -> Any:
+        """The sample rendered from its current records (cached by content)."""
+        from anomseg.synth.records import records_hash
+        from anomseg.synth.render import render as render_pastes
+
+        bg = self._background(sample_id)
+        recs = [r for _i, _k, r in self._records(sample_id)]
+        key = ("render", bg.id, records_hash(recs))
+        hit = self.renders.get(key)
+        if hit is None:
+            hit = render_pastes(bg, recs, self._lookup())
+            self.renders.put(key, hit)
+        return hit
+
+    def sample_view(
+        self, sample_id: int, selected: str | None = None
+    ) -> tuple[np.ndarray, Any, list[str]]:
+        """(preview with paste outlines, pastes data frame, paste keys) of a sample."""
+        import pandas as pd
+
+        rendered = self.render_sample(sample_id)
+        live = self._records(sample_id)
+        img = rendered.rgb.copy()
+        # instance k is the k-th record in compositing order; outline each in white, the
+        # selected one in yellow and thicker
+        by_hash = {r.content_hash(): key for _pid, key, r in live}
+        for k, rec in enumerate(rendered.records, start=1):
+            m = rendered.instances == k
+            if not m.any():
+                continue
+            is_sel = by_hash.get(rec.content_hash()) == selected
+            color = (255, 220, 0) if is_sel else (255, 255, 255)
+            img = render.paint(img, render.outline(m, 3 if is_sel else 1), color)
+        rows = [
+            {
+                "key": key,
+                "object": r.object_id,
+                "x": r.x,
+                "y": r.y,
+                "scale": round(r.scale, 4),
+                "flip": r.flip,
+                "feather": r.feather,
+                "photometric": r.photometric,
+            }
+            for _pid, key, r in live
+        ]
+        cols = ["key", "object", "x", "y", "scale", "flip", "feather", "photometric"]
+        return img, pd.DataFrame(rows, columns=cols), [key for _pid, key, _r in live]
+
+    def paste_record(self, sample_id: int, key: str) -> dict[str, Any]:
+        """The current record of one paste as a dict."""
+        for _pid, k, r in self._records(sample_id):
+            if k == key:
+                return r.to_dict()
+        raise InputError(f"sample {sample_id} has no live paste {key!r}")
+
+    def paste_revisions(self, sample_id: int, key: str) -> int:
+        """How many revisions a paste has (all of them, undone ones included)."""
+        from db import pastes as dbpastes
+
+        with self.store.read() as s:
+            paste = dbpastes.get_paste(s, int(sample_id), key)
+            return len(dbpastes.paste_history(s, paste.id))
+
+    def check_placement(self, bg: Any, record: Any) -> None:
+        """Raise InputError when a paste leaves the frame or does not stand on road/sidewalk."""
+        from anomseg.data.classes import TRAIN_ID
+        from anomseg.synth.geometry import placed_box, transform_mask
+
+        obj = self._lookup()(record.source, record.object_id)
+        mask = transform_mask(obj, record.scale, record.flip, record.rotation)
+        if mask.size == 0 or not mask.any():
+            raise InputError(
+                f"paste {record.object_id}: the object vanishes at scale {record.scale}"
+            )
+        H, W = bg.labels.shape
+        top, left, bottom, right = placed_box(record.x, record.y, *mask.shape)
+        if top < 0 or left < 0 or bottom > H or right > W:
+            raise InputError(
+                f"paste moved off the image: the object would span x {left}..{right}, "
+                f"y {top}..{bottom} of a {W}x{H} frame; move it further inside"
+            )
+        under = bg.labels[top:bottom, left:right][mask]
+        ids = [TRAIN_ID[c] for c in TARGET_CLASSES]
+        cover = float(np.isin(under, ids).mean())
+        if cover < MIN_ROAD_COVERAGE:
+            raise InputError(
+                f"paste moved off the road: only {cover:.0%} of the object stands on "
+                f"{' / '.join(TARGET_CLASSES)} (at least {MIN_ROAD_COVERAGE:.0%} needed); not saved"
+            )
+
+    def _paste_id(self, sample_id: int, key: str) -> int:
+        from db import pastes as dbpastes
+
+        with self.store.read() as s:
+            return int(dbpastes.get_paste(s, int(sample_id), key).id)
+
+    def edit_paste(
+        self, sample_id: int, key: str, changes: dict[str, Any], author: str = ""
+    ) -> int:
+        """Apply field changes to a paste (validated, on the road) as a new revision; its number."""
+        from anomseg.synth.records import PasteRecord
+        from db import pastes as dbpastes
+
+        current = PasteRecord.from_dict(self.paste_record(sample_id, key))
+        new = current.replace(**changes)
+        if new == current:
+            return self.paste_revisions(sample_id, key)
+        self.check_placement(self._background(sample_id), new)
+        paste_id = self._paste_id(sample_id, key)
+        number = self.store.transact(
+            lambda s: int(
+                dbpastes.edit_paste(
+                    s,
+                    paste_id,
+                    new.to_dict(),
+                    author=author or "anonymous",
+                    content_hash_=new.content_hash(),
+                ).number
+            )
+        )
+        self.refresh_render_cache(sample_id)
+        return number
+
+    def refresh_render_cache(self, sample_id: int) -> dict[str, Any]:
+        """Write the sample's current picture and ground truth, and point its render cache there.
+
+        Training reads accepted samples from this cache; the revisions hash recorded with it
+        tells training that the files match the current paste revisions.
+        """
+        from PIL import Image as PILImage
+
+        from db import pastes as dbpastes
+        from db.catalog import sha256_file
+        from training.dataset import revisions_hash
+
+        rendered = self.render_sample(sample_id)
+        with self.store.read() as s:
+            smp = dbpastes.get_sample(s, int(sample_id))
+            uid = smp.uid
+            revs = {p.key: r.content_hash for p, r in dbpastes.current_revisions(s, smp.id)}
+        rh = revisions_hash(revs)
+        out = Path(getattr(self.ws, "renders_dir", Path(self.ws.cache_dir) / "renders"))
+        out.mkdir(parents=True, exist_ok=True)
+        img_p, gt_p = out / f"{uid}-{rh[:16]}.png", out / f"{uid}-{rh[:16]}_gt.png"
+        for path, arr in ((img_p, rendered.rgb), (gt_p, rendered.gt)):
+            if not path.is_file():
+                tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+                PILImage.fromarray(arr).save(tmp, format="PNG", compress_level=1)
+                tmp.replace(path)
+        cache = {
+            "image": str(img_p),
+            "gt": str(gt_p),
+            "revisions_hash": rh,
+            "image_sha256": sha256_file(img_p),
+            "size": list(rendered.gt.shape),
+        }
+        self.store.transact(lambda s: dbpastes.set_render_cache(s, int(sample_id), cache) and None)
+        return cache
+
+    def move_paste(self, sample_id: int, key: str, x: int, y: int, author: str = "") -> int:
+        """Put a paste's anchor (bottom centre) at a clicked pixel."""
+        return self.edit_paste(sample_id, key, {"x": int(x), "y": int(y)}, author)
+
+    def undo_paste(self, sample_id: int, key: str) -> int:
+        """Step a paste back to its previous revision; returns the revision now current."""
+        from db import pastes as dbpastes
+
+        paste_id = self._paste_id(sample_id, key)
+        number = self.store.transact(lambda s: int(dbpastes.undo_paste(s, paste_id).number))
+        self.refresh_render_cache(sample_id)
+        return number
+
+    def redo_paste(self, sample_id: int, key: str) -> int:
+        """Step a paste forward again after an undo."""
+        from db import pastes as dbpastes
+
+        paste_id = self._paste_id(sample_id, key)
+        number = self.store.transact(lambda s: int(dbpastes.redo_paste(s, paste_id).number))
+        self.refresh_render_cache(sample_id)
+        return number
+
+    def set_sample_status(self, sample_id: int, status: str) -> None:
+        """Accept / reject / re-propose a sample."""
+        from db import pastes as dbpastes
+
+        self.store.transact(
+            lambda s: dbpastes.set_sample_status(s, int(sample_id), status) and None
+        )
+
+    def queue_generate(self, n: int, params: dict[str, Any] | None = None) -> int:
+        """Queue a job that proposes ``n`` more synthetic samples; returns the job id."""
+        from db import catalog
+        from db.jobs import enqueue_job
+
+        if not isinstance(n, int | float) or int(n) != n or not 1 <= int(n) <= 500:
+            raise InputError(f"number of samples to generate: expected 1..500, got {n!r}")
+        if not (params or {}).get("dataset"):
+            with self.store.read() as s:  # refused here, not as a failed job after the fact
+                if not catalog.list_datasets(s, role="synthetic"):
+                    raise InputError(
+                        "no synthetic dataset is registered to add generated samples to. "
+                        + REGISTER_TRAINING_HINT
+                    )
+        payload = {"n": int(n), **(params or {})}
+        return self.store.transact(lambda s: int(enqueue_job(s, "synth_generate", payload).id))
