@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -115,6 +116,30 @@ def record_eval_rows(
             )
         )
     return out
+
+
+def eval_dataset_for(session: Session, bench: Any) -> Dataset:
+    """The dataset a result on benchmark ``bench`` (``anomseg.data.BenchmarkDataset``) is stored
+    under: the one registered at its root, else an eval dataset registered now under its name,
+    with its images (the drill-down's thumbnails). A non-eval dataset at that root is refused:
+    results are kept for eval datasets only."""
+    from db import catalog
+
+    root = Path(bench.root).resolve()
+    found = [d for d in catalog.list_datasets(session) if Path(d.root).resolve() == root]
+    if found:
+        if found[0].role != "eval":
+            raise InputError(
+                f"dataset {found[0].name!r} at {root} has role {found[0].role!r}; results are "
+                "recorded on eval datasets only"
+            )
+        return found[0]
+    d = catalog.register_dataset(
+        session, bench.name, "eval", root, layout="benchmark",
+        label_remap={str(k): v for k, v in (bench.remap or {}).items()} or None,
+    )  # fmt: skip
+    catalog.register_images(session, d, [smp.image_path for smp in bench.samples])
+    return d
 
 
 def leaderboard(

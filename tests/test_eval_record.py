@@ -161,3 +161,76 @@ def test_record_eval_rows_stores_figures_per_image_and_card(trained):
         )
     with store.read() as s:
         assert len(s.scalars(select(EvalResult)).all()) == before
+
+
+def _sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_eval_records_its_rows_under_a_registered_model(trained, tmp_path, capsys):
+    import hashlib
+    import json
+
+    from anomseg.models import save_checkpoint
+    from db import catalog
+    from db.models import EvalResult
+    from workbench.cli import main
+
+    root, store, ids, _out = trained
+    ckpt = save_checkpoint(ColourNet(), root / "colour.safetensors")
+    tuned = ColourNet()
+    tuned.anchor_logits.mul_(2)
+    other = save_checkpoint(tuned, root / "other.safetensors")
+    store.transact(
+        lambda s: catalog.register_model(s, "colour-ck", "test_colour_net", ckpt, input_size=(32, 64))
+    )
+    base = ["eval", "--model", "test_colour_net", "--dataset", str(root / "bench"),
+            "--methods", "msp,entropy", "--workspace", str(root), "--no-progress",
+            "--workers", "0"]  # fmt: skip
+
+    def count() -> int:
+        with store.read() as s:
+            return len(s.scalars(select(EvalResult)).all())
+
+    before = count()
+    # refused before any forward, each by name: unknown model, other weights, no weights
+    for extra, said in (
+        (["--checkpoint", str(ckpt), "--record", "nobody"], "'nobody' is not registered"),
+        (["--checkpoint", str(other), "--record", "colour-ck"], "other weights"),
+        (["--record", "colour-ck"], "needs --checkpoint"),
+    ):
+        assert main([*base, *extra]) == 2
+        assert said in capsys.readouterr().err
+    assert count() == before
+
+    out = tmp_path / "rows.json"
+    args = [*base, "--checkpoint", str(ckpt), "--out", str(out), "--record", "colour-ck"]
+    assert main(args) == 0
+    assert "recorded 2 result(s) as colour-ck" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    with store.read() as s:
+        mid = catalog.get_model(s, "colour-ck").id
+        got = {
+            r.method: (r.dataset_id, r.metrics, r.per_image, r.params, r.n_images)
+            for r in s.scalars(select(EvalResult).where(EvalResult.model_id == mid))
+        }
+    assert set(got) == {"msp", "entropy"}
+    # the store holds what the command printed and wrote, per image included
+    for row in doc["rows"]:
+        ds_id, metrics, per, params, n = got[row["method"]]
+        assert ds_id == ids["bench"]  # found by its root, not registered twice
+        assert (metrics["auprc"], metrics["fpr95"], n) == (row["auprc"], row["fpr95"], N_EVAL)
+        assert per == row["per_image"] and len(per) == N_EVAL
+        assert params["protocol"] == row["protocol"]
+    # the card names the weights and the files, recomputed here from the files
+    card = got["msp"][3]["protocol"]
+    assert card["checkpoint_sha256"] == _sha(ckpt)
+    h = hashlib.sha256()
+    for i in range(N_EVAL):
+        h.update(f"e{i}".encode())
+        h.update(bytes.fromhex(_sha(root / "bench/images" / f"e{i}.png")))
+        h.update(bytes.fromhex(_sha(root / "bench/labels_masks" / f"e{i}.png")))
+    assert card["dataset_sha256"] == h.hexdigest()
+    assert (card["input_size"], card["metric_mode"], card["skip_empty"]) == ("32x64", "exact", True)

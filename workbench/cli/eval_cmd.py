@@ -61,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-record", action="store_true", help="with --scores: do not record in the store"
     )  # fmt: skip
+    p.add_argument(
+        "--record", metavar="NAME",
+        help="store the rows (per-image values, protocol card) under registered model NAME, "
+        "whose checkpoint must be --checkpoint: the Leaderboard shows them",
+    )  # fmt: skip
     p.add_argument("--out", help="write rows to a .json or .csv file (values as fractions)")
     p.add_argument(
         "--batch-size", default="1",
@@ -89,7 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--workspace",
-        help="store that holds the heads named by head:N (default $ANOMSEG_WORKSPACE or ./workspace)",
+        help="store of the heads named by head:N and of --record / --scores results "
+        "(default $ANOMSEG_WORKSPACE or ./workspace)",
     )
     where.add_argument("--url", help="database URL of that store instead of a workspace folder")
 
@@ -268,29 +274,6 @@ def format_table(rows: list[Any]) -> str:
     return "\n".join(lines)
 
 
-def attach_protocol(rows: list[Any], datasets: list[Any], predictor: Any, args: Any) -> None:
-    """Fill every row's protocol card (``anomseg.protocol``): sizes, rules, hashes, version."""
-    from anomseg.components import track_for
-    from anomseg.hashing import file_sha256
-    from anomseg.protocol import card, dataset_sha256
-
-    ckpt = file_sha256(args.checkpoint) if args.checkpoint else ""
-    by_name = {d.name: d for d in datasets}
-    hashes = {d.name: dataset_sha256(d) for d in datasets}
-    for r in rows:
-        ds = by_name.get(r.dataset)
-        r.protocol = card(
-            input_size=getattr(predictor, "input_size", None),
-            score_size=getattr(args, "score_size", "input"),
-            skip_empty=not args.all_images,
-            label_remap=getattr(ds, "remap", None),
-            metric_mode=args.metric_mode,
-            track=track_for(r.dataset),
-            checkpoint_sha256=ckpt,
-            dataset_sha256=hashes.get(r.dataset, ""),
-        )
-
-
 def head_scorers(
     methods: list[str], checkpoint: str | None, workspace: str | None, url: str | None
 ) -> dict[str, Any]:
@@ -354,6 +337,12 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "scores", None) is not None:
         from workbench.cli.scores_eval import run_scores
 
+        if getattr(args, "record", None) is not None:
+            raise InputError(
+                "--record NAME stores a model's run; --scores maps are recorded as model "
+                f"'external' already (--no-record skips that); got --record {args.record}"
+            )
+
         return run_scores(args)
     if args.model is None:
         raise InputError("--model is required (or --scores DIR --name METHOD for external maps)")
@@ -397,6 +386,9 @@ def run(args: argparse.Namespace) -> int:
         if names.count(d.name) > 1:
             d.name = f"{Path(d.root).parent.name}/{d.name}"
             names[i] = d.name
+    record = getattr(args, "record", None)
+    if record is not None and rank == 0:
+        record_target(args, record)  # a wrong name or other weights: refused before the run
     if args.checkpoint is None and rank == 0:
         print(f"warning: no --checkpoint given; {args.model} runs with its initial weights",
               file=sys.stderr)  # fmt: skip
@@ -407,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
         skip_without_anomaly=not args.all_images,
         score_size=getattr(args, "score_size", "input"),
         # per-image values cost a sort per image and method; only a JSON output holds them
-        per_image=out is not None and out.suffix.lower() == ".json",
+        per_image=(out is not None and out.suffix.lower() == ".json") or record is not None,
     )
     setup = functools.partial(
         rank_setup, args.model, args.checkpoint, size, str(device), methods,
@@ -433,7 +425,14 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         if rank != 0:  # its shard is in rank 0's rows, which rank 0 prints and writes
             return 0
-    attach_protocol(rows, datasets, predictor, args)
+    from anomseg.evaluate import attach_protocol
+    from anomseg.hashing import file_sha256
+
+    attach_protocol(
+        rows, datasets, getattr(predictor, "input_size", None),
+        checkpoint_sha256=file_sha256(args.checkpoint) if args.checkpoint else "",
+        skip_empty=not args.all_images, score_size=getattr(args, "score_size", "input"),
+    )  # fmt: skip
     print(format_table(rows))
     skipped = {r.dataset: r.n_skipped for r in rows if r.n_skipped}
     for ds, n in skipped.items():
@@ -450,4 +449,64 @@ def run(args: argparse.Namespace) -> int:
         }
         write_rows(out, rows, header)
         print(f"wrote {len(rows)} rows to {out}")
+    if record is not None:
+        n = record_rows(args, record, rows, datasets)
+        print(f"recorded {n} result(s) as {record} in the store")
     return 0
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    from anomseg.settings import workspace_dir
+    from db import Store
+
+    root = workspace_dir(getattr(args, "workspace", None))
+    url = getattr(args, "url", None)
+    if url is None and not root.is_dir():
+        raise InputError(f"--record: workspace {root} not found; expected --workspace or --url")
+    return Store.open(url=url, workspace=root)
+
+
+def record_target(args: argparse.Namespace, name: str) -> int:
+    """The id of the model ``--record`` names, checked before any forward: its row must hold
+    the architecture and the very weights (sha256) that make these numbers."""
+    from anomseg.hashing import file_sha256
+    from db import catalog
+
+    if args.checkpoint is None:
+        raise InputError(f"--record {name} needs --checkpoint: the weights its row is stored for")
+    sha = file_sha256(args.checkpoint)
+    store = _open_store(args)
+    try:
+        with store.read() as s:
+            m = catalog.get_model(s, name)
+            if m.architecture != args.model:
+                raise InputError(
+                    f"--record {name}: that model is a {m.architecture!r}; expected --model "
+                    f"{m.architecture} (got {args.model!r})"
+                )
+            if m.checkpoint_sha256 != sha:
+                raise InputError(
+                    f"--record {name}: that model was registered with other weights (sha256 "
+                    f"{str(m.checkpoint_sha256)[:12]}…), not {args.checkpoint} ({sha[:12]}…)"
+                )
+            return m.id
+    finally:
+        store.close()
+
+
+def record_rows(args: argparse.Namespace, name: str, rows: list[Any], datasets: list[Any]) -> int:
+    """Store a run's rows under model ``name`` in one transaction (datasets found by their
+    root, else registered as eval sets); returns how many were stored."""
+    from db import catalog, results
+
+    store = _open_store(args)
+    try:
+
+        def write(s: Any) -> int:
+            model_id = catalog.get_model(s, name).id
+            ids = {d.name: results.eval_dataset_for(s, d).id for d in datasets}
+            return len(results.record_eval_rows(s, model_id, rows, ids))
+
+        return store.transact(write)
+    finally:
+        store.close()

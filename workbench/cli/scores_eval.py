@@ -43,22 +43,8 @@ def record(store: Any, ds: Any, row: Any, folder: Path) -> int | None:
     was used, nothing to store)."""
     from db import catalog, results
 
-    def write(s: Any) -> int:
-        root = Path(ds.root).resolve()
-        found = [d for d in catalog.list_datasets(s) if Path(d.root).resolve() == root]
-        if found and found[0].role != "eval":
-            raise InputError(
-                f"dataset {found[0].name!r} at {root} has role {found[0].role!r}; external maps "
-                "are evaluated on eval datasets only"
-            )
-        if found:
-            d = found[0]
-        else:  # as add-dataset does: the dataset and its images (for drill-down thumbnails)
-            d = catalog.register_dataset(
-                s, ds.name, "eval", root, layout="benchmark",
-                label_remap={str(k): v for k, v in (ds.remap or {}).items()} or None,
-            )  # fmt: skip
-            catalog.register_images(s, d, [smp.image_path for smp in ds.samples])
+    def write(s: Any) -> int | None:
+        d = results.eval_dataset_for(s, ds)
         try:
             m = catalog.get_model(s, EXTERNAL_MODEL)
         except InputError:
