@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from anomseg.errors import InputError
+from anomseg.metric_base import Metric, to_numpy
 
 SIOU_THRESHOLDS = np.linspace(0.25, 0.75, 11)
 EIGHT_CONNECTED = np.ones((3, 3), dtype=np.uint8)
@@ -152,7 +153,7 @@ def image_components(
     )
 
 
-class ComponentMetrics:
+class ComponentMetrics(Metric):
     """sIoU / PPV / F1 of components at one fixed score threshold, summed over images.
 
     ``update(scores, labels, scale=1.0)`` adds one image (``scale``: the map's pixel area over the
@@ -167,24 +168,16 @@ class ComponentMetrics:
     ) -> None:
         if track not in SIZE_FILTERS:
             raise InputError(f"track {track!r}; expected one of: {', '.join(SIZE_FILTERS)}")
+        super().__init__()
         self.threshold = float(threshold)
         self.track = track
         self.siou_thresholds = np.asarray(list(siou_thresholds), dtype=np.float64)
-        self.reset()
-
-    @property
-    def reductions(self) -> dict[str, str]:
-        """Every state adds up across processes."""
-        return dict.fromkeys(("sums", "tp", "fn", "fp"), "sum")
-
-    def reset(self) -> None:
-        """Forget everything seen so far."""
-        # sums: [sum sIoU_gt, n_gt, sum sIoU_pred, sum prec_pred, n_pred]
-        self.sums = np.zeros(5, dtype=np.float64)
+        # every state adds up: [sum sIoU_gt, n_gt, sum sIoU_pred, sum prec_pred, n_pred], then
+        # the TP / FN / FP counts per sIoU threshold
+        self.add_state("sums", np.zeros(5, dtype=np.float64), "sum")
         k = len(self.siou_thresholds)
-        self.tp = np.zeros(k, dtype=np.int64)
-        self.fn = np.zeros(k, dtype=np.int64)
-        self.fp = np.zeros(k, dtype=np.int64)
+        for name in ("tp", "fn", "fp"):
+            self.add_state(name, np.zeros(k, dtype=np.int64), "sum")
 
     def update(self, scores: Any, labels: Any, scale: float = 1.0) -> ImageComponents:
         """Add one (H, W) image; returns its components (for per-image values and views)."""
@@ -209,8 +202,7 @@ class ComponentMetrics:
         self.fn += (comp.siou_gt[None] < t).sum(1)
         self.fp += (comp.prec_pred[None] < t).sum(1)
 
-    def merge(self, other: ComponentMetrics) -> ComponentMetrics:
-        """Add another metric's state (same threshold and sIoU thresholds); returns self."""
+    def _check_mergeable(self, other: ComponentMetrics) -> None:
         if other.threshold != self.threshold or not np.array_equal(
             other.siou_thresholds, self.siou_thresholds
         ):
@@ -218,35 +210,6 @@ class ComponentMetrics:
                 f"cannot merge component metrics at threshold {other.threshold} into ones at "
                 f"{self.threshold}; expected the same score and sIoU thresholds"
             )
-        self.sums += other.sums
-        self.tp += other.tp
-        self.fn += other.fn
-        self.fp += other.fp
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        """State as torch tensors (all-reduce with SUM)."""
-        import torch
-
-        return {k: torch.from_numpy(getattr(self, k).copy()) for k in self.reductions}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace the state with one from ``state_dict``."""
-        for k in self.reductions:
-            cur = getattr(self, k)
-            v = _np(state[k])
-            if v.shape != cur.shape:
-                raise InputError(f"component state {k!r} has shape {v.shape}; expected {cur.shape}")
-            setattr(self, k, v.astype(cur.dtype))
-
-    def sync_distributed(self, group: Any = None) -> None:
-        """Sum the state over all processes of ``torch.distributed`` (in place)."""
-        import torch.distributed as dist
-
-        state = self.state_dict()
-        for t in state.values():
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        self.load_state_dict(state)
 
     def compute(self) -> dict[str, float]:
         """{"siou", "ppv", "siou_pred", "f1_mean", "f1_25", "f1_50", "f1_75", "n_gt", "n_pred",
@@ -272,10 +235,7 @@ class ComponentMetrics:
         return out
 
 
-def _np(a: Any) -> np.ndarray:
-    from anomseg.metrics import _to_numpy
-
-    return _to_numpy(a)
+_np = to_numpy
 
 
 def per_image_values(comp: ImageComponents) -> dict[str, float]:

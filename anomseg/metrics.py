@@ -36,10 +36,10 @@ numbers differently:
     maps (RoadAnomaly21, fs_static), <= ~2e-4 on synthetic wide-range maps (tests,
     benchmarks/bench_metrics.py).
 
-Distributed use (DDP): ``state_dict()`` returns the state as torch tensors and ``reductions``
-names how each combines across processes — ``"sum"``/``"min"``/``"max"`` map to
-``torch.distributed.all_reduce`` ops, ``"cat"`` (exact mode) to an all-gather of variable-length
-tensors. ``sync_distributed()`` does exactly that in place; ``load_state_dict`` restores a state.
+Distributed use (DDP): every metric is an ``anomseg.metric_base.Metric`` whose states are declared
+once with their reduction — ``"sum"``/``"min"``/``"max"`` map to ``torch.distributed.all_reduce``
+ops, ``"cat"`` (exact mode) to an all-gather of variable-length tensors. ``merge``,
+``state_dict``/``load_state_dict`` and ``sync_distributed()`` follow from those declarations.
 
 ``ConfusionMatrix`` — per-class IoU, mIoU (mean over classes present in prediction or ground
 truth) and pixel accuracy, label 255 ignored.
@@ -48,13 +48,15 @@ truth) and pixel accuracy, label 255 ignored.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from anomseg.errors import InputError
+from anomseg.metric_base import Metric, sync_state, to_numpy
+
+__all__ = ["AnomalyMetrics", "ConfusionMatrix", "Metric", "per_image", "sync_state"]
 
 NORMAL, ANOMALY, IGNORE = 0, 1, 255
 METRIC_MODES = ("exact", "streaming")
@@ -69,13 +71,7 @@ _LABEL_CODE[NORMAL], _LABEL_CODE[ANOMALY], _LABEL_CODE[IGNORE] = 0, 1, 2
 # ----------------------------------------------------------------------------- input handling
 
 
-def _to_numpy(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):  # torch.Tensor, without importing torch
-        a = a.detach()
-        if a.dtype.is_floating_point and a.dtype.itemsize < 4:
-            a = a.float()  # bf16 / fp16 have no numpy twin
-        a = a.cpu().numpy()
-    return np.asarray(a)
+_to_numpy = to_numpy
 
 
 def _prepare(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +287,7 @@ def _balanced_groups(chunks: list[np.ndarray], k: int) -> list[list[np.ndarray]]
 # ----------------------------------------------------------------------------- AnomalyMetrics
 
 
-class AnomalyMetrics:
+class AnomalyMetrics(Metric):
     """Pixel-level AuPRC / FPR95 / AUROC over any number of ``update`` calls; see module doc.
 
     ``bins``: streaming mode's bin count (a power of two, 2^8..2^24); ``threads``: sort threads of
@@ -305,40 +301,44 @@ class AnomalyMetrics:
             raise InputError(f"metric mode {mode!r}; expected one of: {', '.join(METRIC_MODES)}")
         if mode == "streaming" and (bins < 256 or bins > (1 << 24) or bins & (bins - 1)):
             raise InputError(f"bins={bins}; expected a power of two in [2^8, 2^24]")
+        super().__init__()
         self.mode = mode
         self.bins = int(bins)
         self.threads = threads
         self._shift = np.uint32(32 - self.bins.bit_length() + 1)
-        self.reset()
-
-    # -- state
-    @property
-    def reductions(self) -> dict[str, str]:
-        """How each state tensor combines across processes (sum / min / max / cat)."""
-        if self.mode == "exact":
-            return {"pos": "cat", "neg": "cat"}
-        return {"hist": "sum", "lo_min": "min", "lo_max": "max"}
-
-    def reset(self) -> None:
-        """Forget everything seen so far."""
         self._cache: _Steps | None = None
-        if self.mode == "exact":
-            self._pos: list[np.ndarray] = []
-            self._neg: list[np.ndarray] = []
+        if mode == "exact":  # every valid pixel's score, anomaly and normal apart
+            self.add_state("pos", np.float32, "cat")
+            self.add_state("neg", np.float32, "cat")
         else:
             # per bin: counts of normal / anomaly; min and max of the key bits below the bin
             # flat slots: [normal bins | anomaly bins | one dump slot for ignored pixels]
             n = 2 * self.bins + 1
-            self._hist = np.zeros(n, dtype=np.int64)
-            self._lo_min = np.full(n, np.iinfo(np.uint32).max, dtype=np.uint32)
-            self._lo_max = np.zeros(n, dtype=np.uint32)
+            self.add_state("hist", np.zeros(n, dtype=np.int64), "sum")
+            self.add_state("lo_min", np.full(n, np.iinfo(np.uint32).max, np.uint32), "min")
+            self.add_state("lo_max", np.zeros(n, dtype=np.uint32), "max")
+
+    def _changed(self) -> None:
+        self._cache = None
+
+    def _check_mergeable(self, other: AnomalyMetrics) -> None:
+        if (
+            not isinstance(other, AnomalyMetrics)
+            or other.mode != self.mode
+            or (self.mode == "streaming" and other.bins != self.bins)
+        ):
+            raise InputError(
+                f"cannot merge a {getattr(other, 'mode', type(other).__name__)} metric "
+                f"(bins={getattr(other, 'bins', None)}) into a {self.mode} "
+                f"metric (bins={self.bins}); expected the same mode and bins"
+            )
 
     @property
     def n_pixels(self) -> int:
         """Valid (non-ignored) pixels seen."""
         if self.mode == "exact":
-            return sum(len(c) for c in self._pos) + sum(len(c) for c in self._neg)
-        return int(self._hist[: 2 * self.bins].sum())
+            return sum(len(c) for c in self.pos) + sum(len(c) for c in self.neg)
+        return int(self.hist[: 2 * self.bins].sum())
 
     def update(self, scores: Any, labels: Any) -> None:
         """Add pixels: ``scores`` float (any shape), ``labels`` in {0, 1, 255} of the same size."""
@@ -348,9 +348,9 @@ class AnomalyMetrics:
             pos = s[codes == 1]
             neg = s[codes == 0]
             if len(pos):
-                self._pos.append(pos)
+                self.pos.append(pos)
             if len(neg):
-                self._neg.append(neg)
+                self.neg.append(neg)
             return
         k = float_keys(s)
         B = self.bins
@@ -358,104 +358,29 @@ class AnomalyMetrics:
         idx += codes.astype(np.intp) * B
         idx[codes == 2] = 2 * B  # ignored pixels share one dump slot, never read
         if len(idx) > 4 * B:  # bincount's cost grows with the bins, add.at's with the pixels
-            self._hist += np.bincount(idx, minlength=2 * B + 1)
+            self.hist += np.bincount(idx, minlength=2 * B + 1)
         else:
-            np.add.at(self._hist, idx, 1)
+            np.add.at(self.hist, idx, 1)
         lo = k & np.uint32((1 << int(self._shift)) - 1)
-        np.minimum.at(self._lo_min, idx, lo)
-        np.maximum.at(self._lo_max, idx, lo)
-
-    def merge(self, other: AnomalyMetrics) -> AnomalyMetrics:
-        """Add another metric's state into this one (same mode and bins); returns self."""
-        if other.mode != self.mode or (self.mode == "streaming" and other.bins != self.bins):
-            raise InputError(
-                f"cannot merge a {other.mode} metric (bins={other.bins}) into a {self.mode} "
-                f"metric (bins={self.bins}); expected the same mode and bins"
-            )
-        self._cache = None
-        if self.mode == "exact":
-            self._pos.extend(other._pos)
-            self._neg.extend(other._neg)
-        else:
-            self._hist += other._hist
-            np.minimum(self._lo_min, other._lo_min, out=self._lo_min)
-            np.maximum(self._lo_max, other._lo_max, out=self._lo_max)
-        return self
-
-    @classmethod
-    def merged(cls, metrics: Iterable[AnomalyMetrics]) -> AnomalyMetrics:
-        """A new metric holding the sum of several (e.g. per-image or per-worker) metrics."""
-        metrics = list(metrics)
-        if not metrics:
-            raise InputError("nothing to merge; expected at least one metric")
-        first = metrics[0]
-        out = cls(mode=first.mode, bins=first.bins, threads=first.threads)
-        for m in metrics:
-            out.merge(m)
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        """State as torch tensors (int64 / float32), reducible as ``reductions`` says."""
-        import torch
-
-        if self.mode == "exact":
-            return {
-                "pos": torch.from_numpy(_cat(self._pos)),
-                "neg": torch.from_numpy(_cat(self._neg)),
-            }
-        B2 = 2 * self.bins  # the dump slot of ignored pixels is not state
-        return {
-            "hist": torch.from_numpy(self._hist[:B2].reshape(2, self.bins).copy()),
-            "lo_min": torch.from_numpy(self._lo_min[:B2].reshape(2, self.bins).astype(np.int64)),
-            "lo_max": torch.from_numpy(self._lo_max[:B2].reshape(2, self.bins).astype(np.int64)),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace the state with one from ``state_dict`` (possibly reduced across processes)."""
-        want = set(self.reductions)
-        if set(state) != want:
-            raise InputError(
-                f"metric state has keys {sorted(state)}; expected {sorted(want)} ({self.mode} mode)"
-            )
-        self._cache = None
-        if self.mode == "exact":
-            self._pos = [np.ascontiguousarray(_to_numpy(state["pos"]), dtype=np.float32)]
-            self._neg = [np.ascontiguousarray(_to_numpy(state["neg"]), dtype=np.float32)]
-            return
-        self.reset()
-        B2 = 2 * self.bins
-        for key, arr, dtype in (
-            ("hist", self._hist, np.int64),
-            ("lo_min", self._lo_min, np.uint32),
-            ("lo_max", self._lo_max, np.uint32),
-        ):
-            v = _to_numpy(state[key])
-            if v.shape != (2, self.bins):
-                raise InputError(
-                    f"metric state {key!r} has shape {v.shape}; expected (2, {self.bins})"
-                )
-            arr[:B2] = v.reshape(-1).astype(dtype)
-
-    def sync_distributed(self, group: Any = None) -> None:
-        """Combine this metric across all processes of ``torch.distributed`` (in place)."""
-        sync_state(self, group)
+        np.minimum.at(self.lo_min, idx, lo)
+        np.maximum.at(self.lo_max, idx, lo)
 
     # -- results
     def _steps(self) -> _Steps:
         if self._cache is None:
             if self.mode == "exact":
-                self._cache = _exact_steps(_cat(self._pos), self._neg, self.threads)
+                self._cache = _exact_steps(_cat(self.pos), self.neg, self.threads)
             else:
                 self._cache = self._streaming_steps()
         return self._cache
 
     def _streaming_steps(self) -> _Steps:
         B = self.bins
-        neg, pos = self._hist[:B][::-1], self._hist[B : 2 * B][::-1]  # highest bin first
+        neg, pos = self.hist[:B][::-1], self.hist[B : 2 * B][::-1]  # highest bin first
         tp, fp = np.cumsum(pos), np.cumsum(neg)
         m = pos > 0
-        lo_min = np.minimum(self._lo_min[:B], self._lo_min[B : 2 * B])
-        lo_max = np.maximum(self._lo_max[:B], self._lo_max[B : 2 * B])
+        lo_min = np.minimum(self.lo_min[:B], self.lo_min[B : 2 * B])
+        lo_max = np.maximum(self.lo_max[:B], self.lo_max[B : 2 * B])
         multi = (lo_min < lo_max)[::-1]  # the bin holds several distinct scores
         # a bin's threshold: its lowest score (bin bits + the smallest low bits seen in it)
         low = (np.arange(B, dtype=np.uint32)[::-1] << self._shift) | lo_min[::-1]
@@ -473,33 +398,6 @@ class AnomalyMetrics:
     def curves(self, max_points: int = 500) -> dict[str, np.ndarray]:
         """Precision-recall and ROC points for plotting, each at most ``max_points`` long."""
         return self._steps().curves(max_points)
-
-
-def sync_state(metric: Any, group: Any = None) -> None:
-    """Combine a metric's ``state_dict`` across ``torch.distributed`` processes as its
-    ``reductions`` say (sum / min / max all-reduce; "cat" all-gathers variable lengths)."""
-    import torch
-    import torch.distributed as dist
-
-    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-    state = metric.state_dict()
-    for key, how in metric.reductions.items():
-        t = state[key]
-        if how in ops:
-            dist.all_reduce(t, op=ops[how], group=group)
-            continue
-        # "cat": all-gather tensors of different lengths (pad to the longest, then trim)
-        world = dist.get_world_size(group)
-        n = torch.tensor([t.numel()], dtype=torch.int64)
-        sizes = [torch.zeros_like(n) for _ in range(world)]
-        dist.all_gather(sizes, n, group=group)
-        longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros(longest, dtype=t.dtype)
-        padded[: t.numel()] = t
-        parts = [torch.zeros_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded, group=group)
-        state[key] = torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
-    metric.load_state_dict(state)
 
 
 def _keys_to_float(keys: np.ndarray) -> np.ndarray:
@@ -525,22 +423,15 @@ def per_image(scores: Any, labels: Any) -> dict[str, float]:
 # ----------------------------------------------------------------------------- ConfusionMatrix
 
 
-class ConfusionMatrix:
-    """Semantic-segmentation confusion matrix (rows = ground truth, columns = prediction)."""
+class ConfusionMatrix(Metric):
+    """Semantic-segmentation confusion matrix (rows = ground truth, columns = prediction); sums
+    across processes with ``sync_distributed``."""
 
     def __init__(self, num_classes: int = 19, ignore_index: int = 255) -> None:
+        super().__init__()
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
-        self.reset()
-
-    @property
-    def reductions(self) -> dict[str, str]:
-        """How the state combines across processes."""
-        return {"matrix": "sum"}
-
-    def reset(self) -> None:
-        """Forget everything seen so far."""
-        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self.add_state("matrix", np.zeros((self.num_classes,) * 2, dtype=np.int64), "sum")
 
     def update(self, pred: Any, target: Any) -> None:
         """Add pixels: ``pred`` class ids, ``target`` class ids or ``ignore_index``, same size."""
@@ -563,28 +454,12 @@ class ConfusionMatrix:
                 )
         self.matrix += np.bincount(t * C + p, minlength=C * C).reshape(C, C)
 
-    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        """Add another confusion matrix into this one; returns self."""
-        if other.num_classes != self.num_classes:
+    def _check_mergeable(self, other: ConfusionMatrix) -> None:
+        if not isinstance(other, ConfusionMatrix) or other.num_classes != self.num_classes:
             raise InputError(
-                f"cannot merge a {other.num_classes}-class confusion matrix into a "
-                f"{self.num_classes}-class one"
+                f"cannot merge a {getattr(other, 'num_classes', '?')}-class confusion matrix "
+                f"into a {self.num_classes}-class one"
             )
-        self.matrix += other.matrix
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        """State as torch tensors (all-reduce with SUM)."""
-        import torch
-
-        return {"matrix": torch.from_numpy(self.matrix.copy())}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace the state with one from ``state_dict``."""
-        m = _to_numpy(state["matrix"]).astype(np.int64)
-        if m.shape != self.matrix.shape:
-            raise InputError(f"matrix has shape {m.shape}; expected {self.matrix.shape}")
-        self.matrix = m
 
     def compute(self) -> dict[str, Any]:
         """{"iou": (C,) NaN for classes absent from both, "miou", "pixel_accuracy", "n_pixels"}."""

@@ -25,13 +25,13 @@ mode — plus two sums.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from anomseg.errors import InputError
-from anomseg.metrics import _prepare, _to_numpy
+from anomseg.metric_base import Metric
+from anomseg.metrics import _prepare
 
 NUM_BINS = 768
 FPR_AT_TPR = 0.95
@@ -102,7 +102,7 @@ def curve_from_bins(
     }
 
 
-class SmiycPixelMetrics:
+class SmiycPixelMetrics(Metric):
     """Official binned pixel AP / FPR95 / AUROC, with the ``AnomalyMetrics`` interface."""
 
     mode = "smiyc"
@@ -110,28 +110,28 @@ class SmiycPixelMetrics:
     def __init__(self, num_bins: int = NUM_BINS, **_ignored: Any) -> None:
         if num_bins < 2:
             raise InputError(f"num_bins={num_bins}; expected >= 2")
+        super().__init__()
         self.num_bins = int(num_bins)
         self.bins = self.num_bins
         self.threads = None
-        self.reset()
-
-    @property
-    def reductions(self) -> dict[str, str]:
-        """How each state combines across processes."""
-        return {"thresholds": "cat", "pos": "cat", "neg": "cat", "counts": "sum"}
-
-    def reset(self) -> None:
-        """Forget everything seen so far."""
-        self._thr: list[np.ndarray] = []
-        self._pos: list[np.ndarray] = []
-        self._neg: list[np.ndarray] = []
-        self._counts = np.zeros(2, dtype=np.int64)  # anomaly, normal pixels
         self._cache: dict[str, Any] | None = None
+        # per frame: its bin thresholds and anomaly / normal counts per bin (frames concatenated)
+        self.add_state("thresholds", np.float64, "cat")
+        self.add_state("pos", np.int64, "cat")
+        self.add_state("neg", np.int64, "cat")
+        self.add_state("counts", np.zeros(2, dtype=np.int64), "sum")  # anomaly, normal pixels
+
+    def _changed(self) -> None:
+        self._cache = None
+
+    def _check_mergeable(self, other: SmiycPixelMetrics) -> None:
+        if not isinstance(other, SmiycPixelMetrics) or other.num_bins != self.num_bins:
+            raise InputError("cannot merge: expected a smiyc metric with the same num_bins")
 
     @property
     def n_pixels(self) -> int:
         """Valid (non-ignored) pixels seen."""
-        return int(self._counts.sum())
+        return int(self.counts.sum())
 
     def update(self, scores: Any, labels: Any) -> None:
         """Add one frame (its bins are its own, as in the official evaluator)."""
@@ -141,78 +141,23 @@ class SmiycPixelMetrics:
             return
         is_anom = codes[valid] == 1
         thr, pc, nc = frame_bins(s[valid], is_anom, self.num_bins)
-        self._thr.append(thr)
-        self._pos.append(pc.astype(np.int64))
-        self._neg.append(nc.astype(np.int64))
-        self._counts += [int(is_anom.sum()), int((~is_anom).sum())]
+        self.thresholds.append(np.asarray(thr, dtype=np.float64))
+        self.pos.append(pc.astype(np.int64))
+        self.neg.append(nc.astype(np.int64))
+        self.counts += [int(is_anom.sum()), int((~is_anom).sum())]
         self._cache = None
-
-    def merge(self, other: SmiycPixelMetrics) -> SmiycPixelMetrics:
-        """Add another metric's frames; returns self."""
-        if not isinstance(other, SmiycPixelMetrics) or other.num_bins != self.num_bins:
-            raise InputError("cannot merge: expected a smiyc metric with the same num_bins")
-        self._thr += other._thr
-        self._pos += other._pos
-        self._neg += other._neg
-        self._counts += other._counts
-        self._cache = None
-        return self
-
-    @classmethod
-    def merged(cls, metrics: Iterable[SmiycPixelMetrics]) -> SmiycPixelMetrics:
-        """A new metric holding several."""
-        metrics = list(metrics)
-        if not metrics:
-            raise InputError("nothing to merge; expected at least one metric")
-        out = cls(num_bins=metrics[0].num_bins)
-        for m in metrics:
-            out.merge(m)
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        """State as torch tensors."""
-        import torch
-
-        def cat(chunks: list[np.ndarray], dtype: Any) -> Any:
-            return torch.from_numpy(np.concatenate(chunks).astype(dtype) if chunks else
-                                    np.zeros(0, dtype))  # fmt: skip
-
-        return {
-            "thresholds": cat(self._thr, np.float64),
-            "pos": cat(self._pos, np.int64),
-            "neg": cat(self._neg, np.int64),
-            "counts": torch.from_numpy(self._counts.copy()),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace the state with one from ``state_dict``."""
-        if set(state) != set(self.reductions):
-            raise InputError(
-                f"metric state has keys {sorted(state)}; expected {sorted(self.reductions)}"
-            )
-        self.reset()
-        self._thr = [_to_numpy(state["thresholds"]).astype(np.float64)]
-        self._pos = [_to_numpy(state["pos"]).astype(np.int64)]
-        self._neg = [_to_numpy(state["neg"]).astype(np.int64)]
-        self._counts = _to_numpy(state["counts"]).astype(np.int64)
-
-    def sync_distributed(self, group: Any = None) -> None:
-        """Combine across ``torch.distributed`` processes (all-gather the frames, sum counts)."""
-        from anomseg.metrics import sync_state
-
-        sync_state(self, group)
 
     def _curve(self) -> dict[str, Any]:
         if self._cache is None:
-            n_pos, n_neg = int(self._counts[0]), int(self._counts[1])
-            if n_pos == 0 or not self._thr:
+            n_pos, n_neg = int(self.counts[0]), int(self.counts[1])
+            if n_pos == 0 or not sum(len(t) for t in self.thresholds):
                 nan = float("nan")
                 self._cache = {"auprc": nan, "fpr95": nan, "auroc": nan, "best_f1": nan,
                                "best_f1_threshold": nan}  # fmt: skip
             else:
                 self._cache = curve_from_bins(
-                    np.concatenate(self._thr), np.concatenate(self._pos),
-                    np.concatenate(self._neg), n_pos, n_neg,
+                    np.concatenate(self.thresholds), np.concatenate(self.pos),
+                    np.concatenate(self.neg), n_pos, n_neg,
                 )  # fmt: skip
         return self._cache
 
@@ -223,8 +168,8 @@ class SmiycPixelMetrics:
             "auprc": c["auprc"],
             "fpr95": c["fpr95"],
             "auroc": c["auroc"],
-            "n_anomaly": int(self._counts[0]),
-            "n_normal": int(self._counts[1]),
+            "n_anomaly": int(self.counts[0]),
+            "n_normal": int(self.counts[1]),
         }
 
     def best_f1_threshold(self) -> float:
