@@ -7,18 +7,24 @@ from anomseg.models.checkpoints import (
     save_checkpoint,
 )
 from anomseg.models.registry import (
+    MODEL_KINDS,
     MODELS,
+    ModelConfig,
     ModelEntry,
     SegModel,
     count_parameters,
     create_model,
     get_model_entry,
     list_models,
+    model_config,
+    model_kind,
     register_model,
 )
 
 __all__ = [
     "MODELS",
+    "MODEL_KINDS",
+    "ModelConfig",
     "ModelEntry",
     "SegModel",
     "count_parameters",
@@ -27,6 +33,8 @@ __all__ = [
     "get_model_entry",
     "list_models",
     "load_checkpoint",
+    "model_config",
+    "model_kind",
     "read_checkpoint",
     "register_model",
     "save_checkpoint",

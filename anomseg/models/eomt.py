@@ -391,6 +391,7 @@ register_model(
     "EoMT of the variant its checkpoint holds (window, queries, classes, query blocks, width "
     "and depth read off the file); without one: the Cityscapes ViT-L",
     from_state_dict=options_from_state_dict,
+    kind="mask",
     backbone="vit_large_patch14_reg4_dinov2",
     img_size=(1024, 1024),
     num_classes=19,
@@ -401,6 +402,7 @@ register_model(
 register_model(
     "eomt_vit_large_1024",
     "EoMT ViT-L/16 (DINOv2 reg4), Cityscapes semantic (official), 1024x1024 windows, 4 blocks",
+    kind="mask",
     backbone="vit_large_patch14_reg4_dinov2",
     img_size=(1024, 1024),
     num_classes=19,
@@ -411,6 +413,7 @@ register_model(
 register_model(
     "eomt_vit_base_seed_1024",
     "EoMT ViT-B/16 (DINOv2 reg4), Cityscapes semantic (the seed's), 1024x1024 windows, 3 blocks",
+    kind="mask",
     backbone="vit_base_patch14_reg4_dinov2",
     img_size=(1024, 1024),
     num_classes=19,
@@ -421,6 +424,7 @@ register_model(
 register_model(
     "eomt_vit_small_640",
     "EoMT ViT-S/16 (DINOv2 reg4), COCO panoptic classes (133), 640x640 windows, 3 blocks",
+    kind="mask",
     backbone="vit_small_patch14_reg4_dinov2",
     img_size=(640, 640),
     num_classes=133,
@@ -432,6 +436,7 @@ register_model(
     "eomt_tiny",
     "EoMT with ViT-Tiny dims (dim 192, 3 heads; 12 blocks by default, the demo-eomt model 8),"
     " 19 classes, 256x512 windows (demo)",
+    kind="mask",
     backbone="vit_small_patch14_reg4_dinov2",
     embed_dim=192,
     depth=12,

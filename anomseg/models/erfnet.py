@@ -152,7 +152,7 @@ class ERFNet(nn.Module):
         return {"logits": self.decoder(feats)[..., :h, :w].float(), "features": feats.float()}
 
 
-@register_model("erfnet", num_outputs=20, num_classes=19, input_size=(512, 1024))
+@register_model("erfnet", kind="pixel", num_outputs=20, num_classes=19, input_size=(512, 1024))
 def erfnet(
     num_outputs: int = 20, num_classes: int = 19, input_size: tuple[int, int] = (512, 1024)
 ) -> ERFNet:

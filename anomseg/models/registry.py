@@ -1,9 +1,13 @@
 """The model registry: ``create_model(name, checkpoint=None, **kw)``, timm style.
 
-A builder is registered with ``@register_model(name, **defaults)``; its default configuration is
-kept next to it and any keyword given to ``create_model`` overrides it. Every model returned
-follows one contract (``SegModel``): attributes ``arch``, ``num_classes``, ``default_input_size``
-and a ``predict_batch(x)`` that turns a float RGB batch in [0, 1] into a dict of tensors:
+A builder is registered with ``@register_model(name, kind=..., **defaults)``; its default
+configuration is kept next to it and any keyword given to ``create_model`` overrides it. Every
+model returned carries ``model.model_cfg``, a frozen ``ModelConfig`` (architecture, kind
+``"pixel"``/``"mask"``, input size, classes), as timm models carry their ``pretrained_cfg``:
+code that needs to know what a model is reads it there (or ``get_model_entry(arch).kind`` for a
+model not built yet), never guesses it from the name. Every model follows one contract
+(``SegModel``): attributes ``arch``, ``num_classes``, ``default_input_size`` and a
+``predict_batch(x)`` that turns a float RGB batch in [0, 1] into a dict of tensors:
 
 * ``logits`` (B, C, H, W) at the input resolution (all model output channels; ERFNet: 20),
 * mask models only: ``pixel_class_logits`` (B, num_classes, H, W), ``features`` (B, D, h, w) and,
@@ -28,6 +32,9 @@ from anomseg.registry import Registry
 
 # modules whose import registers the built-in architectures
 _BUILTIN_MODULES = ("anomseg.models.erfnet", "anomseg.models.eomt")
+# "pixel": per-pixel class logits only (ERFNet); "mask": mask classification (EoMT), whose
+# predictions add pixel_class_logits / mask and class logits / features (mask-only scorers: RbA)
+MODEL_KINDS = ("pixel", "mask")
 
 
 class SegModel(Protocol):
@@ -41,8 +48,23 @@ class SegModel(Protocol):
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """What a built model is, fixed when ``create_model`` builds it (``model.model_cfg``)."""
+
+    architecture: str
+    kind: str  # one of MODEL_KINDS
+    input_size: tuple[int, int]  # (H, W) the model scores at by default
+    num_classes: int  # classes scored by mIoU (ERFNet's 20th output, void, is not one)
+
+    @property
+    def is_mask(self) -> bool:
+        """A mask-classification model (EoMT)."""
+        return self.kind == "mask"
+
+
+@dataclass(frozen=True)
 class ModelEntry:
-    """A registered architecture: its builder and the default keyword arguments."""
+    """A registered architecture: its builder, the default keyword arguments and its kind."""
 
     name: str
     builder: Callable[..., nn.Module]
@@ -51,6 +73,12 @@ class ModelEntry:
     # reads constructor options off a checkpoint's state dict (shapes), for entries that build
     # whatever variant the file holds (``eomt``); None: the options are the defaults
     from_state_dict: Callable[[dict[str, torch.Tensor], str], dict[str, Any]] | None = None
+    kind: str = "pixel"  # one of MODEL_KINDS
+
+    def accepts(self, option: str) -> bool:
+        """Whether the builder takes the keyword argument ``option``."""
+        params = inspect.signature(self.builder).parameters
+        return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
@@ -60,13 +88,17 @@ def register_model(
     name: str,
     description: str = "",
     from_state_dict: Callable[[dict[str, torch.Tensor], str], dict[str, Any]] | None = None,
+    kind: str = "pixel",
     **defaults: Any,
 ):
-    """Decorator registering ``builder(**defaults)`` under ``name``."""
+    """Decorator registering ``builder(**defaults)`` under ``name``, a model of ``kind``."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind {kind!r}; expected one of {MODEL_KINDS}")
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
-        MODELS.register(name, ModelEntry(name, builder, dict(defaults), doc, from_state_dict))
+        entry = ModelEntry(name, builder, dict(defaults), doc, from_state_dict, kind)
+        MODELS.register(name, entry)
         return builder
 
     return deco
@@ -123,6 +155,12 @@ def create_model(name: str, checkpoint: str | Path | None = None, **kw: Any) -> 
     _check_options(entry, kw)
     model = entry.builder(**{**entry.defaults, **kw})
     model.arch = name
+    model.model_cfg = ModelConfig(
+        name,
+        entry.kind,
+        (int(model.default_input_size[0]), int(model.default_input_size[1])),
+        int(model.num_classes),
+    )
     if checkpoint is not None:
         from anomseg.models.checkpoints import load_checkpoint, load_state_strict
 
@@ -153,6 +191,29 @@ def _options_from_metadata(name: str | None, checkpoint: str | Path) -> dict[str
         return {}
     opts = meta.get("options") or {}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
+
+
+def model_kind(architecture: str) -> str:
+    """The kind ("pixel" / "mask") of a registered architecture, without building it."""
+    return get_model_entry(architecture).kind
+
+
+def model_config(model: Any) -> ModelConfig:
+    """The frozen config ``create_model`` attached to ``model``.
+
+    A model built outside the registry (a test double, a wrapped module) gets one from its
+    ``SegModel`` attributes: kind "pixel" unless it says ``kind = "mask"``.
+    """
+    cfg = getattr(model, "model_cfg", None)
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    size = getattr(model, "default_input_size", None) or (0, 0)
+    return ModelConfig(
+        str(getattr(model, "arch", type(model).__name__)),
+        str(getattr(model, "kind", "pixel")),
+        (int(size[0]), int(size[1])),
+        int(getattr(model, "num_classes", 0)),
+    )
 
 
 def count_parameters(name: str, **kw: Any) -> int:

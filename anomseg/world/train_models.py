@@ -154,7 +154,7 @@ def _loss(model, arch: str, x: torch.Tensor, lab: torch.Tensor, weight: torch.Te
     """Weighted cross-entropy on the 19 classes, plus outlier exposure on ``OOD`` pixels."""
     ood = lab == OOD
     target = lab.masked_fill(ood, 255)
-    if arch == "erfnet":
+    if not model.model_cfg.is_mask:  # a pixel model's forward gives the class logits
         out = model(x).float()
         # the 20th (void) channel is never a target: weight 0, its logit is pushed down
         w = torch.cat([weight, weight.new_zeros(out.shape[1] - len(weight))])
@@ -233,7 +233,8 @@ def heldout_miou(model, pool: tuple[torch.Tensor, torch.Tensor] | None = None) -
 
 def _run_phase(model, spec, arch, rgb, lab, weight, g, n_iter, lr, schedule, progress, label):
     """One optimisation phase; ``schedule`` is "onecycle" (from scratch) or "cosine" (continue)."""
-    fmt = torch.channels_last if arch == "erfnet" else torch.contiguous_format
+    conv = not model.model_cfg.is_mask  # ERFNet: a conv net; the mask models are ViTs
+    fmt = torch.channels_last if conv else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     if schedule == "onecycle":
@@ -247,7 +248,7 @@ def _run_phase(model, spec, arch, rgb, lab, weight, g, n_iter, lr, schedule, pro
         x = x.contiguous(memory_format=fmt)
         # bf16 autocast: ERFNet's factorised convs run ~3x faster in bf16 on AVX512-BF16 CPUs;
         # the ViT gains only ~1.3x and learnt slower in a 600-iteration trial, so it stays fp32
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=arch == "erfnet"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=conv):
             loss = _loss(model, arch, x, y, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
