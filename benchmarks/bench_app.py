@@ -50,14 +50,16 @@ def free_port() -> int:
 def prepare(root: Path) -> str:
     """A workspace with the demo world at 512x1024 and one trained head; returns the model name."""
     from db import catalog
-    from db.workspace import DemoSizes, Workspace
-    from training.jobs import Worker, enqueue_training
+    from workbench.bootstrap import DemoSizes, bootstrap_demo
+    from workbench.jobs import enqueue_training
+    from workbench.worker import Worker
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(root)
     try:
         if ws.is_empty():
             print(f"building a benchmark workspace in {root} ...", flush=True)
-            ws.bootstrap_demo(sizes=DemoSizes(**BENCH_DEMO))
+            bootstrap_demo(ws, sizes=DemoSizes(**BENCH_DEMO))
         with ws.store.read() as s:
             models = [m.name for m in catalog.list_models(s)]
         if not models:
@@ -120,7 +122,7 @@ def image_ids(root: Path, min_width: int = 1024) -> tuple[list[int], int]:
     from sqlalchemy import select
 
     from db.models import Dataset, Image
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(root)
     try:
@@ -163,7 +165,7 @@ class CompareClient:
 
 def all_methods(root: Path, model: str) -> list[str]:
     from dashboard.services import Services
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(root)
     try:

@@ -26,7 +26,7 @@ def main() -> int:
 
     from dashboard.services import Services
     from db.models import Dataset, Image
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(args.workspace)
     svc = Services(ws)

@@ -94,7 +94,8 @@ def main() -> None:
     from dashboard.services import Services
     from dashboard.services.flags import PAINT_MAX_SIDE
     from db import catalog
-    from db.workspace import Workspace
+    from workbench.bootstrap import register_demo_models
+    from workbench.workspace import Workspace
 
     torch.set_num_threads(1)
     shared = shared_dir()
@@ -104,7 +105,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-flag-save-"))
     ws = Workspace.open(tmp / "ws")
     ws.register_benchmark("fs_static", root)
-    ws.register_demo_models()
+    register_demo_models(ws)
     svc = Services(ws)
     model = "demo-erfnet"
     with ws.store.read() as s:

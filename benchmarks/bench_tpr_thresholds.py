@@ -28,7 +28,8 @@ from anomseg.shared import shared_dir
 
 def build_workspace(root: Path):
     """A workspace with one model and one eval dataset; returns (workspace, model, dataset id)."""
-    from db.workspace import Workspace
+    from workbench.bootstrap import register_demo_models
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(root / "ws")
     shared = shared_dir()
@@ -41,7 +42,7 @@ def build_workspace(root: Path):
     from anomseg.world.demo_data import build_demo
 
     build_demo(root / "demo", n_train=0, n_heldout=0, n_obstacles=0, n_anomalies=25)
-    ws.register_demo_models()
+    register_demo_models(ws)
     ds = ws.register_benchmark("demo-anomalies", root / "demo" / "demo-anomalies", role="eval")
     return ws, "demo-erfnet", int(ds)
 

@@ -48,7 +48,8 @@ from anomseg.predict import Predictor
 from anomseg.scoring import uncertainty_stats
 from training.dataset import TrainImage, build_pixel_set
 from training.features import FeatureCache
-from training.trainer import TrainConfig, build_head, train_pixels
+from training.fit import build_head, train_pixels
+from training.trainer import TrainConfig
 
 
 def make_images(n: int, size: tuple[int, int], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -76,27 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     from anomseg.models.heads import load_head
     from anomseg.predict import Predictor
     from db import Store
-    from training.trainer import FrozenModel, TrainConfig, train_head
+    from training.trainer import TrainConfig, train_head
+    from workbench.models import frozen_model
 
     ws = Path(args.workspace).resolve()
     store = Store.open(workspace=ws)
     benches = [BenchmarkDataset(d) for d in args.dataset]
     heads = {}
     try:
+        frozen = frozen_model(store, args.model, "cpu")
         for recipe in args.recipes.split(","):
             for kind in args.kinds.split(","):
                 cfg = TrainConfig(head=kind, recipe=recipe, epochs=args.epochs, seed=0)
-                out = train_head(store, ws, args.model, cfg, evaluate=False, device="cpu")
+                out = train_head(store, ws, frozen, cfg, evaluate=False, device="cpu")
                 heads[(recipe, kind)] = load_head(out["checkpoint"])[0]
                 print(f"trained {recipe}/{kind}: head:{out['version']}", file=sys.stderr)
-        from db.catalog import get_model
-
-        with store.read() as s:
-            row = get_model(s, args.model)
-            frozen = FrozenModel(
-                row.name, row.architecture, row.checkpoint_path, row.checkpoint_sha256,
-                (row.input_h, row.input_w), dict((row.meta or {}).get("options") or {}),
-            )  # fmt: skip
         model = frozen.get_predictor().model
     finally:
         store.close()

@@ -235,8 +235,7 @@ class Server:
 
 def start_worker(workspace: Any, poll_s: float = 1.0) -> threading.Event:
     """Run the job worker (training, generation) in a daemon thread; returns its stop event."""
-    import dashboard.jobs  # noqa: F401  (registers the dashboard's job kinds)
-    from training.jobs import Worker
+    from workbench.worker import Worker
 
     worker = Worker(workspace.store, Path(workspace.root), poll_s=poll_s)
     _thread, stop = worker.start_thread()

@@ -9,12 +9,13 @@ Typical use::
 
 Query helpers live in modules named for what they hold: ``db.catalog`` (datasets, images,
 models, training guard), ``db.flags``, ``db.pastes``, ``db.heads``, ``db.results``, ``db.jobs``;
-``db.migrate`` (upgrade / current), ``db.transfer`` (backup / restore / export / import) and
+``db.engine`` (URLs, engines), ``db.store`` (``Store``), ``db.migrate`` (upgrade / current), ``db.transfer`` (backup / restore / export / import) and
 ``db.masks`` (compact flag-mask encoding).
 """
 
-from db.engine import Store, make_engine, resolve_url, session_scope
+from db.engine import make_engine, resolve_url
 from db.migrate import current, head_revision, upgrade
+from db.store import Store, session_scope
 
 __all__ = [
     "Store",

@@ -1,4 +1,4 @@
-"""Engines, sessions and the ``Store`` facade.
+"""Engines: URLs, SQLite set-up, retryable errors (the ``Store`` over them is ``db.store``).
 
 SQLite (the default, ``<workspace>/anomseg.sqlite``) is set up for several writer processes:
 WAL journal, foreign keys on, a 30 s busy timeout, and SQLAlchemy's documented recipe that takes
@@ -18,15 +18,12 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from anomseg import settings
 from anomseg.errors import InputError
@@ -34,7 +31,6 @@ from anomseg.errors import InputError
 DB_FILENAME = "anomseg.sqlite"
 BUSY_TIMEOUT_S = 30.0
 READ_ONLY = "anomseg_read_only"  # execution option: deferred BEGIN on SQLite
-T = TypeVar("T")
 
 
 def default_workspace() -> Path:
@@ -140,88 +136,3 @@ def is_retryable(exc: BaseException) -> bool:
         code = getattr(exc.orig, "pgcode", None)
         return code in ("40001", "40P01")  # serialization failure, deadlock detected
     return False
-
-
-class Store:
-    """The engine plus session factories; open one per process (never share across fork)."""
-
-    def __init__(self, url_or_path: str | os.PathLike, **engine_kw: Any) -> None:
-        self.engine = make_engine(url_or_path, **engine_kw)
-        self.url = self.engine.url.render_as_string(hide_password=False)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._read_sessions = sessionmaker(
-            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
-        )
-
-    @classmethod
-    def open(
-        cls,
-        url: str | None = None,
-        workspace: str | os.PathLike | None = None,
-        *,
-        upgrade: bool = True,
-    ) -> Store:
-        """Open (creating the workspace folder) and, by default, upgrade to the newest schema."""
-        resolved = resolve_url(url, workspace)
-        path = sqlite_path(resolved)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        store = cls(resolved)
-        if upgrade:
-            from db.migrate import upgrade as _upgrade
-
-            _upgrade(store.engine)
-        return store
-
-    @property
-    def is_sqlite(self) -> bool:
-        """True for a SQLite store."""
-        return self.engine.url.get_backend_name() == "sqlite"
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A write transaction: commit on success, roll back on any exception."""
-        with self._sessions() as s, s.begin():
-            yield s
-
-    @contextmanager
-    def read(self) -> Iterator[Session]:
-        """A read-only transaction (deferred BEGIN on SQLite; rolled back at the end)."""
-        with self._read_sessions() as s:
-            try:
-                yield s
-            finally:
-                s.rollback()
-
-    def transact(self, fn: Callable[[Session], T], retries: int = 5) -> T:
-        """Run ``fn(session)`` in a write transaction, re-running it on transient lock errors."""
-        for attempt in range(retries + 1):
-            try:
-                with self.session() as s:
-                    return fn(s)
-            except (DBAPIError, sqlite3.OperationalError) as exc:
-                if attempt == retries or not is_retryable(exc):
-                    raise
-                time.sleep(0.05 * (2**attempt) * (1 + random.random()))
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        """Release pooled connections."""
-        self.engine.dispose()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@contextmanager
-def session_scope(store_or_engine: Store | Engine) -> Iterator[Session]:
-    """A committed-or-rolled-back session for a Store or a bare Engine."""
-    if isinstance(store_or_engine, Store):
-        with store_or_engine.session() as s:
-            yield s
-        return
-    with Session(store_or_engine, expire_on_commit=False) as s, s.begin():
-        yield s

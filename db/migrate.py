@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -17,10 +18,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
-from db.engine import Store, make_engine, sqlite_path
+from db.engine import make_engine, sqlite_path
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"
-Target = str | os.PathLike | Engine | Store
+Target = str | os.PathLike | Engine | Any  # Any: a db.store.Store (its .engine)
 PG_LOCK_KEY = 0x616E6F6D  # "anom": pg_advisory_lock key held while migrating
 
 
@@ -32,10 +33,10 @@ def alembic_config(script_location: str | os.PathLike | None = None) -> Config:
 
 
 def _engine(target: Target) -> tuple[Engine, bool]:
-    if isinstance(target, Store):
-        return target.engine, False
     if isinstance(target, Engine):
         return target, False
+    if isinstance(getattr(target, "engine", None), Engine):  # a Store (which imports this module)
+        return target.engine, False
     return make_engine(target), True
 
 

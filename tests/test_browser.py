@@ -31,10 +31,10 @@ def app_server(tmp_path_factory):
     pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
-    from workbench.cli.serve_cmd import prepare_workspace
     from dashboard.app import build_app, launch
     from db import catalog
-    from db.workspace import Workspace
+    from workbench.cli.serve_cmd import prepare_workspace
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(tmp_path_factory.mktemp("browser-ws"))
     prepare_workspace(ws, demo=True, demo_size="tiny", evaluate=False, quiet=True)

@@ -28,7 +28,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from dashboard.app import build_app, launch
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(tmp_path_factory.mktemp("auth-ws"))
     srv = launch(build_app(ws), port=_free_port(), auth=(USER, PASSWORD), worker=False)
@@ -105,8 +105,8 @@ def test_only_the_login_page_is_open_and_login_opens_the_rest(server):
 def test_default_bind_is_loopback(server):
     import argparse
 
-    from workbench.cli import serve_cmd
     from dashboard.app import DEFAULT_HOST
+    from workbench.cli import serve_cmd
 
     p = argparse.ArgumentParser()
     serve_cmd.add_arguments(p)

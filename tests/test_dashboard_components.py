@@ -156,7 +156,7 @@ def test_trainer_head_evaluation_reports_component_metrics(ws):  # noqa: F811
     from anomseg.metrics import AnomalyMetrics
     from anomseg.models.heads import head_scorer, load_head
     from db import catalog
-    from training.trainer import evaluate_version
+    from training.versions import evaluate_version
 
     head, _meta = load_head(ws.heads_dir / "v1.safetensors")
     with ws.store.read() as s:

@@ -10,7 +10,7 @@ from PIL import Image
 
 
 class TinyWorkspace:
-    """The part of db.workspace.Workspace these checks touch: a store and a cache folder."""
+    """The part of workbench.workspace.Workspace these checks touch: a store and a cache folder."""
 
     def __init__(self, root: Path) -> None:
         from db import Store

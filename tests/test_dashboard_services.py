@@ -20,7 +20,7 @@ SIZE = (64, 128)
 
 
 class MiniWorkspace:
-    """The surface of db.workspace.Workspace the dashboard uses, over a temp folder."""
+    """The surface of workbench.workspace.Workspace the dashboard uses, over a temp folder."""
 
     def __init__(self, root: Path) -> None:
         from db import Store
@@ -635,8 +635,7 @@ def test_paste_edit_writes_the_render_cache_training_reads(svc, ws):
 
 
 def _run_one_job(ws):
-    import dashboard.jobs  # noqa: F401  (registers the job kinds)
-    from training.jobs import Worker
+    from workbench.worker import Worker
 
     worker = Worker(ws.store, ws.root, heartbeat_s=60)
     job = worker.run_once()

@@ -18,13 +18,13 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from workbench.cli import main as cli_main
 from anomseg.errors import InputError
 from db import Store, current, head_revision, upgrade
 from db.engine import make_engine
 from db.masks import encode_mask
 from db.migrate import SCRIPT_LOCATION, downgrade, known_revisions
 from db.models import Base
+from workbench.cli import main as cli_main
 
 
 def _columns(engine, table):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from workbench.cli import main as cli_main
 from anomseg.errors import InputError
 from db import Store, catalog, current, flags, pastes, upgrade
 from db.engine import make_engine
 from db.models import Base
 from db.transfer import backup, export_dir, import_dir, restore
+from workbench.cli import main as cli_main
 
 
 def _dump(store_or_url) -> dict[str, list[tuple]]:

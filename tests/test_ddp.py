@@ -14,7 +14,8 @@ import torch
 
 from training.dataset import PixelSet
 from training.ddp import train_ddp
-from training.trainer import TrainConfig, build_head, train_pixels
+from training.fit import build_head, train_pixels
+from training.trainer import TrainConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 

@@ -68,9 +68,9 @@ def test_the_retrain_tab_request_uses_train_config_defaults(tmp_path):
 
 
 def test_demo_sizes_are_one_set_of_numbers():
-    from workbench.cli.serve_cmd import DEMO_PRESETS
     from anomseg.world.demo_data import DEFAULT_COUNTS
-    from db.workspace import DemoSizes
+    from workbench.bootstrap import DemoSizes
+    from workbench.cli.serve_cmd import DEMO_PRESETS
 
     got = _defaults(["demo", "build"])
     cli = {

@@ -144,12 +144,11 @@ def test_eval_nproc2_equals_one_process_json(road_anomaly21, erfnet_checkpoint, 
 def test_worker_nproc_evaluate_job_equals_one_process(road_anomaly21, erfnet_checkpoint, tmp_path):
     from sqlalchemy import func, select
 
-    import dashboard.jobs  # noqa: F401  (registers the evaluate job kind)
     from db import catalog
     from db.jobs import enqueue_job, get_job
     from db.models import EvalResult
-    from db.workspace import Workspace
-    from training.jobs import Worker
+    from workbench.worker import Worker
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")
     try:

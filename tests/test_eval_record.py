@@ -24,11 +24,14 @@ N_EVAL = 5
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from training.trainer import TrainConfig, train_head
+    from workbench.models import frozen_model
 
     root = tmp_path_factory.mktemp("record")
     store, _train, ids = build_world(root, n_train=8, n_eval=N_EVAL)
     cfg = TrainConfig(head="stats", epochs=1, batch_pixels=512, steps_per_epoch=20, threads=1)
-    out = train_head(store, root, "colour", cfg, activate="auprc_and_fpr95_improve")
+    out = train_head(
+        store, root, frozen_model(store, "colour"), cfg, activate="auprc_and_fpr95_improve"
+    )
     yield root, store, ids, out
     store.close()
 
@@ -91,7 +94,8 @@ def test_trainer_stores_what_evaluate_computes_and_sklearn_agrees(trained):
 def test_head_evaluation_cancels_and_reports_unreadable_sets(trained):
     from anomseg.models.heads import load_head
     from anomseg.predict import Predictor
-    from training.trainer import Cancelled, evaluate_version
+    from training.fit import Cancelled
+    from training.versions import evaluate_version
 
     root, _store, ids, out = trained
     head, _meta = load_head(out["checkpoint"])

@@ -17,12 +17,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import nn
 from torchvision.transforms import Compose, InterpolationMode, Resize, ToTensor
 
-from workbench.cli import main
 from anomseg.data import BenchmarkDataset
 from anomseg.errors import InputError
 from anomseg.evaluate import evaluate
 from anomseg.models.registry import MODELS, ModelEntry
 from anomseg.predict import Predictor
+from workbench.cli import main
 
 SIZE = (24, 40)
 RNG = np.random.default_rng(5)
@@ -247,7 +247,7 @@ def head_store(tmp_path):
     from anomseg.models.heads import create_head, save_head
     from db import catalog
     from db import heads as dbheads
-    from db.engine import Store
+    from db.store import Store
 
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(TinySeg(), ckpt, {"architecture": "tiny-eval"})

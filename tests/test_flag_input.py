@@ -29,7 +29,7 @@ H, W = 720, 1280  # RoadAnomaly21's frame: painted on a 576x1024 copy
 @pytest.fixture
 def svc(tmp_path):
     from dashboard.services import Services
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     root = tmp_path / "train"
     (root / "images").mkdir(parents=True)
@@ -145,7 +145,7 @@ def test_a_token_cannot_be_reused_for_another_image_or_be_malformed(svc, tmp_pat
 def test_a_second_identical_retrain_is_merged_into_the_first(tmp_path):
     from db import Store
     from db import jobs as q
-    from training.jobs import enqueue_training
+    from workbench.jobs import enqueue_training
 
     store = Store.open(workspace=tmp_path)
     try:

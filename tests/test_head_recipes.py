@@ -18,8 +18,9 @@ from anomseg.predict import Predictor
 from anomseg.scoring import uncertainty_stats
 from training.dataset import FlagRegion, TrainImage, build_pixel_set
 from training.features import FeatureCache
+from training.fit import train_pixels
 from training.recipes import RECIPES, ImageSampler
-from training.trainer import TrainConfig, train_pixels
+from training.trainer import TrainConfig
 
 
 def _toy(n_img=3, side=8, seed=0):

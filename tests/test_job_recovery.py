@@ -24,7 +24,7 @@ import pytest
 from db import Store, catalog, heads
 from db import jobs as q
 from db.models import HeadVersion, Job, utcnow
-from training.jobs import Worker
+from workbench.worker import Worker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,8 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from db import Store
-    from training.jobs import JOB_KINDS, Worker
+    from workbench.jobs import JOB_KINDS
+    from workbench.worker import Worker
 
     @JOB_KINDS.register("test_endless")
     def endless(ctx):
@@ -177,7 +178,7 @@ def test_a_rebooted_host_owns_nothing(store):
 
 def test_the_retrain_tab_poll_notices_a_dead_job(tmp_path):
     from dashboard.services import Services
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")
     try:

@@ -14,7 +14,8 @@ from anomseg.errors import InputError
 from db import Store, catalog, heads
 from db import jobs as q
 from db.models import HeadVersion, Job, utcnow
-from training.jobs import JOB_KINDS, JobCancelled, Worker, enqueue_training
+from workbench.jobs import JOB_KINDS, JobCancelled, enqueue_training
+from workbench.worker import Worker
 
 
 def _kind(name):
@@ -191,7 +192,7 @@ def test_training_crash_keeps_active_head(store, tmp_path, monkeypatch):
         torch.arange(n),
         (8, 8),
     )
-    monkeypatch.setattr(ds, "build_pixel_set", lambda *a, **k: (toy, ds.Snapshot()))
+    monkeypatch.setattr(tr, "build_pixel_set", lambda *a, **k: (toy, ds.Snapshot()))
 
     def crash(*a, **k):
         raise RuntimeError("CUDA out of memory (simulated)")

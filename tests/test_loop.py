@@ -139,13 +139,15 @@ def head_map(checkpoint: str, rgb: np.ndarray) -> np.ndarray:
 
 def test_flag_and_retrain_loop(tmp_path):
     from db import flags, heads
-    from training.jobs import Worker, enqueue_training
     from training.trainer import TrainConfig, train_head
+    from workbench.jobs import enqueue_training
+    from workbench.models import frozen_model
+    from workbench.worker import Worker
 
     store, train_imgs, ids = build_world(tmp_path)
     # defaults except the size of an epoch (tiny world) and one CPU thread (busy test machines)
     cfg = TrainConfig(head="stats", epochs=5, batch_pixels=512, steps_per_epoch=60, threads=1)
-    v1 = train_head(store, tmp_path, "colour", cfg, activate=True)
+    v1 = train_head(store, tmp_path, frozen_model(store, "colour"), cfg, activate=True)
     assert v1["version"] == 1 and v1["active"]
     assert v1["snapshot_counts"]["images"] == len(train_imgs)
 

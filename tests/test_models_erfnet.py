@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from workbench.cli import main as cli_main
 from anomseg.errors import InputError
 from anomseg.models import create_model, list_models, load_checkpoint
+from workbench.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.cli import main
 from anomseg.errors import AnomsegError, InputError
+from workbench.cli import main
 
 DEMO = Path(__file__).resolve().parent.parent / "anomseg" / "assets" / "demo_models"
 
@@ -104,7 +104,7 @@ def test_form_ids_refuse_the_rest_by_name(value, message):
 
 def test_services_refuse_out_of_range_ids_with_a_message(tmp_path):
     from dashboard.services import Services
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")
     try:

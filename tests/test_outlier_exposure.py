@@ -18,12 +18,12 @@ from PIL import Image
 from sklearn.metrics import average_precision_score
 from torchvision.transforms import Compose, InterpolationMode, Resize, ToTensor
 
-from workbench.cli import main
 from anomseg.errors import CheckpointError, InputError
 from anomseg.models.erfnet import ERFNet
 from anomseg.models.heads import create_head, load_head, read_head_metadata, save_head
 from anomseg.models.outlier_exposure import ERFNET_STAGES, OEHead
 from training.outlier_exposure import OEConfig, OESet, oe_loss, train_oe
+from workbench.cli import main
 
 SIZE = (64, 128)
 

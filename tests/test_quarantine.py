@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.cli import main
 from db import catalog, integrity, pastes, transfer
 from db import flags as dbflags
 from db.models import Flag, PasteRevision, SyntheticSample
+from workbench.cli import main
 
 H, W = 24, 32
 
@@ -31,7 +31,7 @@ def _mask(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
 def damaged(tmp_path):
     """A workspace with two good flags, one garbage flag blob, a corrupt paste revision and a
     corrupt render cache, all on a one-image train dataset."""
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     root = tmp_path / "train"
     (root / "images").mkdir(parents=True)

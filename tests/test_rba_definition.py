@@ -20,9 +20,9 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_curve
 
 from anomseg import scoring
-from workbench.cli import main
 from anomseg.models import create_model, save_checkpoint
 from anomseg.predict import Predictor
+from workbench.cli import main
 
 DEMO = Path(__file__).resolve().parents[1] / "anomseg" / "assets" / "demo_models"
 

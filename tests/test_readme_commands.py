@@ -81,7 +81,7 @@ def test_readme_newcomer_commands_run_verbatim_in_a_fresh_clone(tmp_path):
 @pytest.mark.slow
 def test_serve_first_run_logs_each_progress_step_once(tmp_path, capfd):
     from workbench.cli.serve_cmd import prepare_workspace
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")
     try:

@@ -58,7 +58,7 @@ def test_recipe_real_end_to_end_resumes_and_its_heads_score_in_eval(
         assert f"[skip] {step}" in again
     assert json.loads((out / "results.json").read_text())["rows"] == doc["rows"]
     from db import heads as dbheads
-    from db.engine import Store
+    from db.store import Store
 
     store = Store.open(workspace=out / "workspace")
     with store.read() as s:
@@ -74,11 +74,13 @@ def test_recipe_real_end_to_end_resumes_and_its_heads_score_in_eval(
     # the store-facing path the Retrain tab and `anomseg train --head oe` take: train_head hands
     # kind "oe" to outlier exposure, a fourth version (from the cached encoder outputs)
     from training.trainer import TrainConfig, train_head
+    from workbench.models import frozen_model
 
     store = Store.open(workspace=out / "workspace")
     try:
         cfg = TrainConfig(head="oe", epochs=1)
-        res = train_head(store, out / "workspace", "erfnet", cfg, device="cpu", evaluate=False)
+        frozen = frozen_model(store, "erfnet", "cpu")
+        res = train_head(store, out / "workspace", frozen, cfg, device="cpu", evaluate=False)
         with store.read() as s:
             hv = dbheads.get_head(s, res["head_id"])
             assert (hv.kind, hv.version, hv.status) == ("oe", 4, "ready")

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.cli import main
 from anomseg.hashing import file_sha256
+from workbench.cli import main
 
 DEMO = Path(__file__).resolve().parent.parent / "anomseg" / "assets" / "demo_models"
 
@@ -46,7 +46,7 @@ def _variant(tmp_path: Path, name: str, delta: float) -> Path:
 
 
 def _ws(tmp_path):
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     return Workspace.open(tmp_path / "ws")
 

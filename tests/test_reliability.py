@@ -47,15 +47,18 @@ def _tree(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def trained_ws(tmp_path_factory):
     """A tiny demo workspace whose demo-erfnet already has an active head (v1)."""
-    from db.workspace import DemoSizes, Workspace
     from training.trainer import TrainConfig, train_head
+    from workbench.bootstrap import DemoSizes, bootstrap_demo
+    from workbench.models import frozen_model
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(tmp_path_factory.mktemp("ws"))
     tiny = {"n_train": 6, "n_heldout": 2, "n_obstacles": 2, "n_anomalies": 2, "size": (128, 256)}
-    ws.bootstrap_demo(sizes=DemoSizes(**tiny, workers=1))
+    bootstrap_demo(ws, sizes=DemoSizes(**tiny, workers=1))
     out = train_head(
-        ws.store, ws.root, "demo-erfnet", TrainConfig(**TINY_TRAIN), activate=True, evaluate=False
-    )
+        ws.store, ws.root, frozen_model(ws.store, "demo-erfnet"), TrainConfig(**TINY_TRAIN),
+        activate=True, evaluate=False,
+    )  # fmt: skip
     assert out["active"]
     yield ws
     ws.close()
@@ -113,7 +116,7 @@ def _start_worker(root: Path, log: Path, *extra: str) -> subprocess.Popen:
 
 
 def test_kill9_of_training_worker_mid_epoch_then_recovery_and_retrain(trained_ws, tmp_path):
-    from training.jobs import enqueue_training
+    from workbench.jobs import enqueue_training
 
     ws, store = trained_ws, trained_ws.store
     before = _heads(store, "demo-erfnet")
@@ -268,7 +271,7 @@ def test_kill9_during_synth_then_rerun_matches_a_clean_run(tmp_path):
 @pytest.fixture
 def svc(tmp_path):
     from dashboard.services import Services
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")
     yield Services(ws)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.cli import main
 from anomseg.data.benchmark import BenchmarkDataset
 from anomseg.errors import InputError
 from anomseg.external import evaluate_maps
 from anomseg.protocol import differences
 from anomseg.scoremaps import FORMATS, official_dataset_name, read_map, resize_scores
+from workbench.cli import main
 
 
 def _bench(root: Path, n: int = 3, hw=(64, 96)) -> Path:
@@ -132,7 +132,7 @@ def test_cli_eval_scores_records_in_the_store(tmp_path, capsys):
     assert row["method"] == "ext" and row["components"]["n_gt"] == 3
     assert row["protocol"]["source"].startswith("scores:") and row["protocol"]["dataset_sha256"]
     from db import results
-    from db.engine import Store
+    from db.store import Store
 
     store = Store.open(workspace=ws)
     try:
@@ -194,8 +194,8 @@ def test_round_trip_on_the_real_sets(which, erfnet_checkpoint, tmp_path, request
 def test_eval_table_and_csv_carry_component_columns(tmp_path):
     import csv
 
-    from workbench.cli.eval_cmd import format_table, write_rows
     from anomseg.evaluate import EvalRow
+    from workbench.cli.eval_cmd import format_table, write_rows
 
     row = EvalRow("RoadAnomaly21", "maxlogit", 0.4, 0.6, 0.78, 10, 1.0,
                   components={"siou": 0.235, "ppv": 0.1222, "f1_mean": 0.0596,

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from workbench.cli import main
 from anomseg.data.classes import TRAIN_ID
 from anomseg.synth.cityscapes import CityscapesBackgrounds
 from anomseg.synth.coco import CocoObjects
@@ -19,6 +18,7 @@ from anomseg.synth.export import load_sample, read_manifest, write_sample
 from anomseg.synth.records import PasteRecord
 from anomseg.synth.render import render
 from anomseg.synth.toydata import write_cityscapes, write_coco
+from workbench.cli import main
 
 FORBIDDEN = [
     TRAIN_ID[c]

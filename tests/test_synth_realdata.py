@@ -216,8 +216,8 @@ def test_real_erfnet_pseudo_labels_on_a_camvid_frame(camvid, erfnet_checkpoint, 
 
 
 def test_coco_files_pooled(shared):
-    from workbench.cli.synthetic_cmd import add_arguments, object_spec
     from anomseg.synth.coco import CocoObjects
+    from workbench.cli.synthetic_cmd import add_arguments, object_spec
 
     root = shared / "data" / "coco_subsets"
     import argparse

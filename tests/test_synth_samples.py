@@ -49,7 +49,7 @@ SMALL = {"height_top": 0.3, "height_bottom": 0.5, "area_ratio": [0.0, 0.5], "min
 
 @pytest.fixture
 def ws(tmp_path):
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     w = Workspace.open(tmp_path / "ws")
     yield w
@@ -148,10 +148,9 @@ def test_generate_samples_on_labelled_backgrounds_and_train_set(ws, tmp_path):
 
 
 def test_generate_job_uses_the_dataset_specs(ws, tmp_path):
-    import dashboard.jobs  # noqa: F401  (registers synth_generate)
     from db.jobs import enqueue_job, get_job
-    from training.jobs import Worker
     from training.synth_samples import generate_samples
+    from workbench.worker import Worker
 
     _write_camvid_like(tmp_path / "cv")
     bg_spec = {"source": "labelled", "options": {"root": str(tmp_path / "cv")}}
@@ -231,7 +230,7 @@ def test_pseudo_labelled_folder_is_deterministic(ws, tmp_path):
         assert not (other.load(bid.split("@")[0]).labels == lab).all()
     assert len(calls) == 2  # re-rendering never ran the stand-in model again
     # the same seed and model plan the same records on a fresh workspace
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     ws2 = Workspace.open(tmp_path / "ws2")
     try:
@@ -317,9 +316,9 @@ def _write_labelled_train(root: Path, n: int, anomaly_value: int = 1) -> None:
 
 
 def test_labelled_train_datasets_train_and_eval_ones_do_not(ws, tmp_path, capsys):
-    from workbench.cli import main
     from db import catalog
     from training.dataset import TrainImage, build_pixel_set, training_images_from_store
+    from workbench.cli import main
 
     _write_labelled_train(tmp_path / "roadside", 3)
     _write_labelled_train(tmp_path / "RoadAnomaly", 2, anomaly_value=2)  # remap 2 -> 1 (auto)
@@ -361,7 +360,7 @@ def test_labelled_train_datasets_train_and_eval_ones_do_not(ws, tmp_path, capsys
 
 def test_cli_add_synthetic(tmp_path, capsys):
     from workbench.cli import main
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     _write_camvid_like(tmp_path / "cv")
     spec = _coco_spec(tmp_path / "coco")

@@ -20,7 +20,8 @@ from training.dataset import (
     build_pixel_set,
 )
 from training.features import FeatureCache
-from training.trainer import TrainConfig, pixel_loss, train_pixels
+from training.fit import pixel_loss, train_pixels
+from training.trainer import TrainConfig
 
 
 def test_pixel_loss_matches_formula():
@@ -94,7 +95,7 @@ def toy_pixels(n_img=4, size=(16, 16), seed=0, feat_dim=None) -> PixelSet:
 
 
 def scores_of(head, px: PixelSet) -> np.ndarray:
-    from training.trainer import BatchMaker
+    from training.fit import BatchMaker
 
     stats, _, _, feats, ci, cw = BatchMaker(px, torch.device("cpu"))(torch.arange(len(px)))
     with torch.no_grad():
@@ -117,7 +118,7 @@ def test_training_learns_and_is_seeded(kind):
 
 
 def test_cancel_stops_training():
-    from training.trainer import Cancelled
+    from training.fit import Cancelled
 
     with pytest.raises(Cancelled):
         train_pixels(toy_pixels(), TrainConfig(epochs=3), should_stop=lambda: True)

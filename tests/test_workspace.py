@@ -10,7 +10,8 @@ from PIL import Image
 
 from anomseg.errors import DatasetError, InputError
 from db import catalog, pastes
-from db.workspace import DEMO_MODEL_DIR, DemoSizes, Workspace
+from workbench.bootstrap import DEMO_MODEL_DIR, DemoSizes, bootstrap_demo
+from workbench.workspace import Workspace
 
 TINY = DemoSizes(n_train=6, n_heldout=2, n_obstacles=2, n_anomalies=2, size=(128, 256), workers=1)
 
@@ -18,7 +19,7 @@ TINY = DemoSizes(n_train=6, n_heldout=2, n_obstacles=2, n_anomalies=2, size=(128
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     w = Workspace.open(tmp_path_factory.mktemp("ws"))
-    w.bootstrap_demo(sizes=TINY)
+    bootstrap_demo(w, sizes=TINY)
     yield w
     w.close()
 
@@ -56,7 +57,7 @@ def test_bootstrap_makes_one_sample_per_pasted_scene_with_its_records(ws):
 def test_bootstrap_is_idempotent(ws):
     with ws.store.read() as s:
         before = (len(pastes.list_samples(s)), len(catalog.list_datasets(s)))
-    ws.bootstrap_demo(sizes=TINY)
+    bootstrap_demo(ws, sizes=TINY)
     with ws.store.read() as s:
         assert (len(pastes.list_samples(s)), len(catalog.list_datasets(s))) == before
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.cli import main
 from anomseg.data.classes import TRAIN_ID
 from anomseg.synth.records import PasteRecord
 from anomseg.synth.render import render
 from anomseg.world.demo_data import SPECS, build_demo
 from anomseg.world.objects import ObjectBank
 from anomseg.world.scenes import generate_scene
+from workbench.cli import main
 
 SIZE = (128, 256)
 DRIVABLE = {TRAIN_ID["road"], TRAIN_ID["sidewalk"], TRAIN_ID["terrain"]}

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from anomseg.errors import InputError
+from anomseg.synth.render_cache import is_current, revisions_hash
 from training.features import CachedFeatures, FeatureCache, subsample
 
 NORMAL, ANOMALY, IGNORE = 0, 1, 255
@@ -429,16 +430,6 @@ def load_target_file(path: str | os.PathLike) -> np.ndarray:
 RenderFn = Callable[[Any, dict[str, dict[str, Any]]], tuple[np.ndarray, np.ndarray]]
 
 
-def revisions_hash(revisions: dict[str, str | None]) -> str:
-    """sha256 over a sample's current paste revisions (key -> content hash), order-free."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for key in sorted(revisions):
-        h.update(f"{key}={revisions[key] or '-'}\n".encode())
-    return h.hexdigest()
-
-
 def _resolve(root: str, p: str) -> Path:
     path = Path(p)
     return path if path.is_absolute() else Path(root) / path
@@ -572,7 +563,6 @@ def training_images_from_store(
         rh = revisions_hash(revs)
         info = {"sample_id": sample.id, "revisions": revs, "revisions_hash": rh}
         cache = sample.render or {}
-        fresh = cache.get("revisions_hash") in (None, rh)
         img_row = None
         if cache.get("image_id") is not None:
             img_row = session.get(Image, int(cache["image_id"]))
@@ -581,7 +571,7 @@ def training_images_from_store(
                 select(Image).where(Image.dataset_id == ds.id, Image.path == str(cache["image"]))
             )
         key = f"sample:{sample.id}"
-        if fresh and cache.get("image") and cache.get("gt"):
+        if is_current(cache, rh) and cache.get("image") and cache.get("gt"):
             img_path, gt_path = _resolve(ds.root, cache["image"]), _resolve(ds.root, cache["gt"])
             if not img_path.is_file() or not gt_path.is_file():
                 notes.append(f"{key}: render cache files missing ({img_path}, {gt_path})")

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from anomseg.errors import InputError
+from training.config import TrainConfig
 from training.dataset import PixelSet
-from training.trainer import Progress, TrainConfig, TrainResult, train_pixels
+from training.fit import Cancelled, Progress, TrainResult, build_head, train_pixels
 
 
 def free_port() -> int:
@@ -107,8 +108,6 @@ def train_ddp(
     import torch.multiprocessing as mp
     from safetensors.torch import load_file
 
-    from training.trainer import build_head
-
     if nproc < 1:
         raise InputError(f"--nproc must be >= 1, got {nproc}")
     device_kind = "cuda" if str(device).startswith("cuda") else "cpu"
@@ -134,8 +133,6 @@ def train_ddp(
             while not pctx.join(timeout=0.2):
                 _drain(q, progress)
                 if should_stop is not None and should_stop():
-                    from training.trainer import Cancelled
-
                     raise Cancelled("training cancelled")
         except BaseException:
             from anomseg.distributed import stop_processes

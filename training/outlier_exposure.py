@@ -31,6 +31,9 @@ import torch.nn.functional as F
 
 from anomseg.errors import InputError
 from anomseg.models.outlier_exposure import ERFNET_STAGES, OE_SCORES, OEHead
+from training.fit import Cancelled
+from training.frozen import FrozenModel
+from training.versions import ACTIVATION_RULES, eval_datasets, evaluate_and_record, safe_name
 
 Progress = Callable[[float, str], None]
 NORMAL, PASTED, IGNORE = 0, 1, 255
@@ -232,8 +235,6 @@ def train_oe(
 ) -> tuple[OEHead, dict[str, Any], list[float]]:
     """Fine-tune ``config.stage`` of ``base_model``'s decoder on ``oeset`` -> (head, metrics,
     mean loss per epoch)."""
-    from training.trainer import Cancelled
-
     device = torch.device(device)
     torch.manual_seed(config.seed)
     head = OEHead(stage=config.stage, score=config.score).load_base(base_model).to(device)
@@ -308,7 +309,7 @@ def train_oe(
 def train_oe_version(
     store: Any,
     workspace: Any,
-    model: str | int,
+    frozen: FrozenModel,
     config: OEConfig,
     *,
     activate: bool | str = False,
@@ -317,11 +318,11 @@ def train_oe_version(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     job_id: int | None = None,
-    predictor: Any = None,
     render_sample: Any = None,
 ) -> dict[str, Any]:
-    """Fine-tune a new ``oe`` version of ``model`` from the store's accepted samples; the same
-    order and guarantees as ``training.trainer.train_head`` (nothing half-done on failure)."""
+    """Fine-tune a new ``oe`` version of the registered model ``frozen`` from the store's
+    accepted samples; the same order and guarantees as ``training.trainer.train_head`` (nothing
+    half-done on failure)."""
     from pathlib import Path
 
     from anomseg.models.heads import save_head
@@ -335,13 +336,6 @@ def train_oe_version(
     )
     from training.dataset import training_images_from_store
     from training.features import FeatureCache
-    from training.trainer import (
-        ACTIVATION_RULES,
-        FrozenModel,
-        _eval_datasets,
-        _safe_name,
-        evaluate_and_record,
-    )
 
     device = str(resolve_device(device))
     rule = ("always" if activate else "never") if isinstance(activate, bool) else activate
@@ -349,7 +343,7 @@ def train_oe_version(
     report = progress or (lambda f, m: None)
     workspace = Path(workspace)
     with store.read() as s:
-        row = get_model(s, model)
+        row = get_model(s, frozen.model_id)
         if row.architecture != "erfnet":
             raise InputError(
                 f"outlier exposure fine-tunes ERFNet's decoder; model {row.name!r} is "
@@ -357,12 +351,11 @@ def train_oe_version(
             )
         if not row.checkpoint_path:
             raise InputError(f"model {row.name!r} has no checkpoint to fine-tune from")
-        frozen = FrozenModel.from_row(row, device, predictor)
         model_id = row.id
         images, notes = training_images_from_store(s, model_id, render_sample=render_sample)
         parent = active_head(s, model_id)
         parent_id = parent.id if parent is not None else None
-        eval_sets = _eval_datasets(s) if evaluate else []
+        eval_sets = eval_datasets(s) if evaluate else []
 
     def sub(lo: float, hi: float) -> Progress:
         return lambda f, m: report(lo + (hi - lo) * f, m)
@@ -384,7 +377,7 @@ def train_oe_version(
         head, train_metrics, history = train_oe(
             base, oeset, config, progress=sub(0.2, 0.8), should_stop=should_stop, device=device
         )
-        ckpt = workspace / "heads" / _safe_name(frozen.name) / f"v{version}-oe.safetensors"
+        ckpt = workspace / "heads" / safe_name(frozen.name) / f"v{version}-oe.safetensors"
         digest = save_head(
             head,
             ckpt,

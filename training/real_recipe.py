@@ -132,11 +132,14 @@ def _bar(desc: str) -> tuple[Any, Callable[[float, str], None]]:
 
 def run_real_recipe(
     shared: str | os.PathLike, out: str | os.PathLike, budget: Budget | None = None,
-    say: Say = print,
+    say: Say = print, *, open_model: Callable[[Any, str, str], Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """Run (or resume) the recipe; returns the results document (also in ``out/results.json``)."""
+    """Run (or resume) the recipe; returns the results document (also in ``out/results.json``).
+
+    ``open_model(store, name, device)`` is the application layer's ``frozen_model``: the
+    registered ERFNet, loaded once for every step."""
     from db import catalog
-    from db.engine import Store
+    from db.store import Store
 
     budget = budget or Budget()
     shared, out = Path(shared).resolve(), Path(out).resolve()
@@ -187,12 +190,13 @@ def run_real_recipe(
 
         _timed(state, "eval-images", say, eval_images)
         _timed(state, "samples", say, lambda: _samples(store, ws, paths, budget, say))
-        predictor = _predictor(store)
+        frozen = open_model(store, MODEL_NAME, "cpu")
+        predictor = frozen.get_predictor()
         heads: dict[str, dict[str, Any]] = {}
         for kind in ("stats", "features", "oe"):
             heads[kind] = _timed(
                 state, f"train:{kind}", say,
-                lambda kind=kind: _train(store, ws, out, kind, budget, predictor),
+                lambda kind=kind: _train(store, ws, out, kind, budget, frozen),
             )  # fmt: skip
         evald = _timed(
             state, "evaluate", say, lambda: _evaluate(store, out, heads, budget, predictor)
@@ -270,20 +274,8 @@ def _samples(
             "objects": [f"COCO {a}/{s}" for a, s in COCO_FILES]}  # fmt: skip
 
 
-def _predictor(store: Any) -> Any:
-    """One Predictor for every step (the model is loaded once)."""
-    from db.catalog import get_model
-    from training.trainer import FrozenModel
-
-    with store.read() as s:
-        row = get_model(s, MODEL_NAME)
-        frozen = FrozenModel(row.name, row.architecture, row.checkpoint_path, row.checkpoint_sha256,
-                             (row.input_h, row.input_w), {}, "cpu")  # fmt: skip
-    return frozen.get_predictor()
-
-
 def _train(
-    store: Any, ws: Path, out: Path, kind: str, budget: Budget, predictor: Any
+    store: Any, ws: Path, out: Path, kind: str, budget: Budget, frozen: Any
 ) -> dict[str, Any]:
     """Train one learned kind from the accepted samples; copy its file to ``out/heads``."""
     from training.outlier_exposure import OEConfig, train_oe_version
@@ -293,13 +285,13 @@ def _train(
     try:
         if kind == "oe":
             res = train_oe_version(
-                store, ws, MODEL_NAME, OEConfig(seed=budget.seed, **budget.oe), device="cpu",
-                evaluate=False, progress=progress, predictor=predictor,
+                store, ws, frozen, OEConfig(seed=budget.seed, **budget.oe), device="cpu",
+                evaluate=False, progress=progress,
             )  # fmt: skip
         else:
             cfg = TrainConfig(head=kind, epochs=budget.head_epochs, seed=budget.seed)
-            res = train_head(store, ws, MODEL_NAME, cfg, device="cpu", evaluate=False,
-                             progress=progress, predictor=predictor)  # fmt: skip
+            res = train_head(store, ws, frozen, cfg, device="cpu", evaluate=False,
+                             progress=progress)  # fmt: skip
     finally:
         bar.close()
     dest = out / "heads" / f"{kind}.safetensors"

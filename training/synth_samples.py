@@ -216,19 +216,24 @@ def _pin_defaults(spec: dict[str, Any], ws: Path) -> dict[str, Any]:
 
 
 def build_backgrounds(
-    spec: dict[str, Any], *, store: Any = None, workspace: Path | None = None, predictor: Any = None
+    spec: dict[str, Any],
+    *,
+    predictor: Any = None,
+    predictor_for: Callable[[str], Any] | None = None,
 ) -> Any:
-    """The background source of a spec; a folder source gets its model's predictor."""
+    """The background source of a spec; a folder source gets its model's predictor.
+
+    ``predictor_for(model name)`` builds it (the application layer's ``Workspace.predictor``);
+    ``predictor`` overrides it (tests).
+    """
     from anomseg.synth.config import ensure_sources_registered
     from anomseg.synth.sources import BACKGROUND_SOURCES
 
     ensure_sources_registered()
     opts = dict(spec.get("options") or {})
     if spec["source"] == "folder":
-        if predictor is None and opts.get("model") and store is not None:
-            from db.workspace import Workspace
-
-            predictor = Workspace(_workspace(store, workspace), store).predictor(opts["model"])
+        if predictor is None and opts.get("model") and predictor_for is not None:
+            predictor = predictor_for(opts["model"])
         opts["predictor"] = predictor
     try:
         return BACKGROUND_SOURCES.get(spec["source"])(**opts)
@@ -283,31 +288,6 @@ def object_source_for(store: Any, source: str, object_id: str | None = None) -> 
 # --- generating --------------------------------------------------------------------------------
 
 
-def _render_files(
-    out_dir: Path, uid: str, records: list[Any], rendered: Any
-) -> tuple[dict[str, Any], str]:
-    """Write the render cache of a not-yet-stored sample; (render dict, revisions hash)."""
-    from anomseg.atomic import atomic_write
-    from anomseg.synth.imageio import encode_image
-    from db.catalog import sha256_file
-    from db.pastes import content_hash
-    from training.dataset import revisions_hash
-
-    revs = {f"p{i}": content_hash(r.to_dict()) for i, r in enumerate(records)}
-    rh = revisions_hash(revs)
-    img_p, gt_p = out_dir / f"{uid}-{rh[:16]}.png", out_dir / f"{uid}-{rh[:16]}_gt.png"
-    atomic_write(img_p, encode_image(rendered.rgb), durable=False)  # a cache: re-rendered if lost
-    atomic_write(gt_p, encode_image(rendered.gt), durable=False)
-    cache = {
-        "image": str(img_p),
-        "gt": str(gt_p),
-        "revisions_hash": rh,
-        "image_sha256": sha256_file(img_p),
-        "size": list(rendered.gt.shape),
-    }
-    return cache, rh
-
-
 def _store_sample(
     store: Any,
     ds_id: int,
@@ -320,19 +300,21 @@ def _store_sample(
     out_dir: Path,
 ) -> int:
     """Files first, then sample + pastes + render cache in one transaction; the sample id."""
+    from anomseg.synth.render_cache import revisions_hash, write_render_cache
     from db import pastes as dbpastes
-    from training.dataset import revisions_hash
 
     uid = uuid.uuid4().hex
-    cache, rh = _render_files(out_dir, uid, records, rendered)
+    revs = {f"p{i}": dbpastes.content_hash(r.to_dict()) for i, r in enumerate(records)}
+    cache = write_render_cache(out_dir, uid, revs, rendered.rgb, rendered.gt)
+    rh = cache["revisions_hash"]
     pastes = [(f"p{i}", r.to_dict()) for i, r in enumerate(records)]
 
     def write(s: Any) -> int:
         smp = dbpastes.create_sample(
             s, ds_id, background_id, pastes, seed=seed, status=status, author="generator", uid=uid
         )
-        revs = {p.key: r.content_hash for p, r in dbpastes.current_revisions(s, smp.id)}
-        if revisions_hash(revs) != rh:  # the files are named by this hash: they must agree
+        stored = {p.key: r.content_hash for p, r in dbpastes.current_revisions(s, smp.id)}
+        if revisions_hash(stored) != rh:  # the files are named by this hash: they must agree
             raise RuntimeError(f"sample {uid}: stored revisions differ from the rendered ones")
         dbpastes.set_render_cache(s, smp.id, cache)
         return int(smp.id)
@@ -354,13 +336,15 @@ def generate_samples(
     placement: dict[str, Any] | None = None,
     instances: tuple[int, int] | None = None,
     predictor: Any = None,
+    predictor_for: Callable[[str], Any] | None = None,
 ) -> list[int]:
     """Add up to ``n`` samples to synthetic dataset ``dataset``; returns their ids.
 
     ``backgrounds`` / ``objects`` (specs ``{"source", "options"}``) create the dataset, or must
     equal the specs it already carries; without them the stored specs are used, and a dataset
     with none gets procedural scenes. ``status`` is ``proposed`` (to curate) or ``accepted``
-    (trains at once). ``predictor`` overrides the model of a ``folder`` source (tests).
+    (trains at once). A ``folder`` source labels its frames with ``predictor_for(model name)``
+    (``predictor`` overrides it: tests).
     """
     from db import catalog
     from db.models import SAMPLE_STATUSES
@@ -381,7 +365,9 @@ def generate_samples(
         # build both sources first: a bad root, class map or COCO file is refused before the
         # dataset is created
         built = (
-            build_backgrounds(spec["backgrounds"], store=store, workspace=ws, predictor=predictor),
+            build_backgrounds(
+                spec["backgrounds"], predictor=predictor, predictor_for=predictor_for
+            ),
             build_objects(spec["objects"]),
         )
         create_synthetic_dataset(store, dataset, spec, workspace=ws)
@@ -408,7 +394,9 @@ def generate_samples(
         }
     if built is None:
         built = (
-            build_backgrounds(spec["backgrounds"], store=store, workspace=ws, predictor=predictor),
+            build_backgrounds(
+                spec["backgrounds"], predictor=predictor, predictor_for=predictor_for
+            ),
             build_objects(spec["objects"]),
         )
     return _from_spec(store, ds_id, spec, built, used, n, seed, status, out_dir, say)

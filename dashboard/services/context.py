@@ -24,7 +24,7 @@ class MapCache(LRU):
 
 
 class ServiceContext:
-    """The workspace (``Workspace`` of ``db.workspace``) and the caches the services share."""
+    """The workspace (``Workspace`` of ``workbench.workspace``) and the caches the services share."""
 
     def __init__(self, workspace: Any, map_cache_bytes: int = DEFAULT_MAP_CACHE_BYTES) -> None:
         self.ws = workspace

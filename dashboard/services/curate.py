@@ -3,7 +3,6 @@ the road), the render cache training reads, and queueing more samples."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -282,33 +281,16 @@ class CurateService:
         Training reads accepted samples from this cache; the revisions hash recorded with it
         tells training that the files match the current paste revisions.
         """
-        from PIL import Image as PILImage
-
+        from anomseg.synth.render_cache import write_render_cache
         from db import pastes as dbpastes
-        from db.catalog import sha256_file
-        from training.dataset import revisions_hash
 
         rendered = self.render_sample(sample_id)
         with self.store.read() as s:
             smp = dbpastes.get_sample(s, int(sample_id))
             uid = smp.uid
             revs = {p.key: r.content_hash for p, r in dbpastes.current_revisions(s, smp.id)}
-        rh = revisions_hash(revs)
         out = Path(getattr(self.ws, "renders_dir", Path(self.ws.cache_dir) / "renders"))
-        out.mkdir(parents=True, exist_ok=True)
-        img_p, gt_p = out / f"{uid}-{rh[:16]}.png", out / f"{uid}-{rh[:16]}_gt.png"
-        for path, arr in ((img_p, rendered.rgb), (gt_p, rendered.gt)):
-            if not path.is_file():
-                tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-                PILImage.fromarray(arr).save(tmp, format="PNG", compress_level=1)
-                tmp.replace(path)
-        cache = {
-            "image": str(img_p),
-            "gt": str(gt_p),
-            "revisions_hash": rh,
-            "image_sha256": sha256_file(img_p),
-            "size": list(rendered.gt.shape),
-        }
+        cache = write_render_cache(out, uid, revs, rendered.rgb, rendered.gt)
         self.store.transact(lambda s: dbpastes.set_render_cache(s, int(sample_id), cache) and None)
         return cache
 

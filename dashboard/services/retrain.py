@@ -63,8 +63,8 @@ class RetrainService:
         Options left at None take training.trainer.TrainConfig's defaults (as `anomseg train`);
         the learning rate and weight decay default to the recipe's.
         """
-        from training.jobs import enqueue_training
         from training.trainer import TrainConfig
+        from workbench.jobs import enqueue_training
 
         d = TrainConfig(
             recipe=recipe or TrainConfig.recipe,

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run one ``anomseg db`` action."""
     from db import migrate, transfer
-    from db.engine import Store, resolve_url, sqlite_path
+    from db.engine import resolve_url, sqlite_path
+    from db.store import Store
 
     url = resolve_url(args.url, args.workspace)
     action = args.db_command

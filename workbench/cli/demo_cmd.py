@@ -122,7 +122,8 @@ def _run_build(args: argparse.Namespace) -> int:
 def _build_into_workspace(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from db.workspace import DemoSizes, Workspace
+    from workbench.bootstrap import DemoSizes, bootstrap_demo
+    from workbench.workspace import Workspace
 
     ws = Workspace.open(args.workspace)
     sizes = DemoSizes(
@@ -140,7 +141,7 @@ def _build_into_workspace(args: argparse.Namespace) -> int:
             bar.set_postfix_str(msg[:40], refresh=False)  # one refresh below, not two lines
             bar.refresh()
 
-        info = ws.bootstrap_demo(progress, sizes, seed=args.seed)
+        info = bootstrap_demo(ws, progress, sizes, seed=args.seed)
     parts = ", ".join(f"{d['name']} {d['count']}" for d in info["datasets"])
     print(f"demo build: {parts} -> {ws.demo_dir}, registered in {ws.store.url}")
     return 0

@@ -307,7 +307,7 @@ def head_scorers(
                     f"head:{suffix}; expected head:N (a version number) or head:FILE.safetensors"
                 )
             from db import heads as dbheads
-            from db.engine import Store
+            from db.store import Store
 
             # the same default as every other command: $ANOMSEG_WORKSPACE, else ./workspace
             root = workspace or os.environ.get("ANOMSEG_WORKSPACE") or "workspace"

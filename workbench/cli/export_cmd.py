@@ -46,12 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, build the model once, write the maps."""
-    from workbench.cli.eval_cmd import head_scorers, parse_remap, parse_size, split_methods
     from anomseg.data.benchmark import BenchmarkDataset
     from anomseg.evaluate import parse_methods
     from anomseg.models.registry import create_model
     from anomseg.predict import Predictor, resolve_device
     from anomseg.scoremaps import describe_bytes, export_scores, get_format, images_only
+    from workbench.cli.eval_cmd import head_scorers, parse_remap, parse_size, split_methods
 
     get_format(args.format)
     size = parse_size(args.input_size)

@@ -48,7 +48,8 @@ def _registered(workspace: Path, url: str | None) -> list[dict] | None:
     """Registered models of the store, or None when there is no workspace / database."""
     from anomseg.models import count_parameters
     from db import catalog
-    from db.engine import DB_FILENAME, Store
+    from db.engine import DB_FILENAME
+    from db.store import Store
 
     if url is None and not (workspace / DB_FILENAME).is_file():
         return None

@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
     """Run or resume the recipe, print the table."""
     from pathlib import Path
 
-    from workbench.cli.eval_cmd import parse_size
     from anomseg.errors import InputError
     from training.real_recipe import PASTES, Budget, format_results, run_real_recipe
+    from workbench.cli.eval_cmd import parse_size
+    from workbench.models import frozen_model
 
     size = parse_size(args.input_size)
     if not isinstance(size, tuple):
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         placement=dict(PASTES[args.pastes]),
         eval_limit=args.eval_limit, seed=args.seed,
     )  # fmt: skip
-    doc = run_real_recipe(shared, args.out, budget)
+    doc = run_real_recipe(shared, args.out, budget, open_model=frozen_model)
     print(format_results(doc))
     print(f"wrote {Path(args.out) / 'results.json'} and {len(doc['heads'])} head files in "
           f"{Path(args.out) / 'heads'}")  # fmt: skip

@@ -30,10 +30,10 @@ def add_arguments_add_dataset(p: argparse.ArgumentParser) -> None:
 def run_add_dataset(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from workbench.cli.eval_cmd import parse_remap
     from anomseg.errors import InputError
     from db import catalog
-    from db.workspace import Workspace
+    from workbench.cli.eval_cmd import parse_remap
+    from workbench.workspace import Workspace
 
     remap = parse_remap(args.remap)
     root = Path(args.root).expanduser().resolve()  # relative to where the command runs
@@ -74,9 +74,9 @@ def add_arguments_add_model(p: argparse.ArgumentParser) -> None:
 
 
 def run_add_model(args: argparse.Namespace) -> int:
-    from workbench.cli.eval_cmd import parse_size
     from db import catalog
-    from db.workspace import Workspace
+    from workbench.cli.eval_cmd import parse_size
+    from workbench.workspace import Workspace
 
     size = parse_size(args.input_size)
     size = None if size == "native" else size

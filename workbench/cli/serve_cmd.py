@@ -81,7 +81,7 @@ def prepare_workspace(
     """First run: build and register the demo, then queue an evaluation of each model."""
     from tqdm.auto import tqdm
 
-    from db.workspace import DemoSizes
+    from workbench.bootstrap import DemoSizes, bootstrap_demo
 
     if demo and ws.is_empty():
         bar = tqdm(
@@ -94,7 +94,7 @@ def prepare_workspace(
             if frac < 1.0:  # the last state is written once, by close()
                 bar.refresh()
 
-        ws.bootstrap_demo(progress=progress, sizes=DemoSizes(**DEMO_PRESETS[demo_size]))
+        bootstrap_demo(ws, progress=progress, sizes=DemoSizes(**DEMO_PRESETS[demo_size]))
         bar.close()
     if evaluate:
         queue_missing_evaluations(ws)
@@ -102,7 +102,6 @@ def prepare_workspace(
 
 def queue_missing_evaluations(ws) -> list[int]:
     """Queue an ``evaluate`` job for every model without results (and none queued yet)."""
-    import dashboard.jobs  # noqa: F401  (registers the job kind)
     from db import catalog, results
     from db import jobs as dbjobs
 
@@ -165,9 +164,8 @@ def check_port_free(host: str, port: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the dashboard and serve until interrupted (or write screenshots and exit)."""
-    import dashboard.jobs  # noqa: F401  (job kinds of the in-process worker)
     from dashboard.app import build_app, launch, parse_auth
-    from db.workspace import Workspace
+    from workbench.workspace import Workspace
 
     auth = parse_auth(args.auth)
     check_port_free(args.host, args.port)  # before the demo build, not after minutes of it

@@ -148,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from anomseg.errors import InputError
-    from db.workspace import Workspace
     from training.synth_samples import generate_samples
+    from workbench.workspace import Workspace
 
     if (args.backgrounds is None) != (args.objects is None):
         raise InputError("give both --backgrounds and --objects (a new dataset), or neither")
@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
                 status="accepted" if args.accept else "proposed",
                 progress=progress,
                 workspace=ws.root,
+                predictor_for=ws.predictor,
                 instances=instances if bg is not None or args.instances != "1-3" else None,
             )
     finally:

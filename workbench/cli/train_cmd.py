@@ -104,9 +104,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from anomseg.predict import resolve_device
-    from db.engine import Store, default_workspace
-    from training.jobs import enqueue_training
+    from db.engine import default_workspace
+    from db.store import Store
     from training.trainer import TrainConfig, train_head
+    from workbench.jobs import enqueue_training
+    from workbench.models import frozen_model
 
     cfg = TrainConfig(
         head=args.head,
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             out = train_head(
                 store,
                 workspace,
-                args.model,
+                frozen_model(store, args.model, device),
                 cfg,
                 activate=activate,
                 nproc=args.nproc,

@@ -34,9 +34,10 @@ def run(args: argparse.Namespace) -> int:
     """Poll the queue and run jobs until interrupted (or, with --once, until it is empty)."""
     from pathlib import Path
 
-    import dashboard.jobs  # noqa: F401  (registers the app's job kinds: evaluate, synth)
-    from db.engine import Store, default_workspace
-    from training.jobs import JOB_KINDS, Worker
+    from db.engine import default_workspace
+    from db.store import Store
+    from workbench.jobs import JOB_KINDS
+    from workbench.worker import Worker
 
     workspace = Path(args.workspace) if args.workspace else default_workspace()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
