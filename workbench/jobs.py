@@ -3,7 +3,8 @@
 A job kind is a function ``run(ctx: JobContext) -> dict | None``: ``train_head`` (a new head
 version), ``synth_generate`` (propose synthetic samples), ``evaluate`` (a model's methods on
 every eval dataset). Each reports progress through its context and writes its results to the
-store. The dashboard and the CLI queue jobs (``enqueue_training``, ``db.jobs.enqueue_job``);
+store. The dashboard and the CLI queue them here (``enqueue_training``, ``enqueue_evaluate``,
+``enqueue_synth_generate``: a bad request is refused before anything is queued);
 ``workbench.worker.Worker`` runs them, in the app's thread or as ``anomseg worker``.
 """
 
@@ -26,7 +27,8 @@ from anomseg.data.benchmark import BenchmarkDataset
 from anomseg.distributed import evaluate_nproc, rank_device
 from anomseg.errors import AnomsegError, InputError
 from anomseg.evaluate import evaluate
-from anomseg.models.heads import HEADS, head_spec, load_head
+from anomseg.head_methods import HeadRef, HeadScorers, head_method
+from anomseg.models.heads import HEADS
 from anomseg.protocol import card, dataset_sha256
 from anomseg.registry import Registry
 from db import catalog, results
@@ -194,6 +196,22 @@ def enqueue_training(store: Any, params: dict[str, Any]) -> int:
 
 # --- synthetic samples ---------------------------------------------------------------------------
 
+MAX_GENERATE = 500
+
+
+def enqueue_synth_generate(store: Any, n: Any, params: dict[str, Any] | None = None) -> int:
+    """Queue a ``synth_generate`` job for ``n`` samples; the job id (refused before queueing when
+    ``n`` is out of range or, with no dataset named, no synthetic dataset exists)."""
+    if isinstance(n, bool) or not isinstance(n, int | float) or int(n) != n:
+        raise InputError(f"number of samples to generate: expected 1..{MAX_GENERATE}, got {n!r}")
+    if not 1 <= int(n) <= MAX_GENERATE:
+        raise InputError(f"number of samples to generate: expected 1..{MAX_GENERATE}, got {n!r}")
+    payload = {"n": int(n), **(params or {})}
+    with store.read() as s:  # refused here, not as a failed job after the fact
+        _synthetic_dataset(s, payload.get("dataset"))
+    return store.transact(lambda s: int(enqueue_job(s, "synth_generate", payload).id))
+
+
 
 def _synthetic_dataset(s: Any, name: str | None) -> Any:
     if name:
@@ -222,8 +240,8 @@ def synth_generate_job(ctx: JobContext) -> dict[str, Any]:
     frames are labelled by its model (built once for the job).
     """
     n = ctx.params.get("n")
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 500:
-        raise InputError(f"synth_generate: n must be an integer in 1..500, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_GENERATE:
+        raise InputError(f"synth_generate: n must be an integer in 1..{MAX_GENERATE}, got {n!r}")
     with ctx.store.read() as s:
         name = _synthetic_dataset(s, ctx.params.get("dataset")).name
     made = generate_samples(
@@ -242,6 +260,16 @@ def synth_generate_job(ctx: JobContext) -> dict[str, Any]:
 # --- evaluation ------------------------------------------------------------------------------------
 
 POSTHOC_METHODS = ("msp", "maxlogit", "entropy", "energy", "rba")
+
+
+def enqueue_evaluate(store: Any, model: str) -> int:
+    """Queue an ``evaluate`` job for a registered model; the job id (refused before queueing
+    when the model is unknown or no eval dataset is registered)."""
+    with store.read() as s:
+        catalog.get_model(s, model)  # unknown model -> InputError naming the known ones
+        if not catalog.list_datasets(s, role="eval"):
+            raise InputError("no evaluation dataset is registered (see `anomseg add-dataset`)")
+    return store.transact(lambda s: int(enqueue_job(s, "evaluate", {"model": model}).id))
 
 
 @JOB_KINDS.register("evaluate")
@@ -277,10 +305,7 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
         )
     if not sets:
         raise InputError("no eval dataset is registered")
-    extra = {}
-    for version, kind, path in heads:
-        head, _meta = load_head(path, kind=kind)
-        extra[f"head:{version}"] = head_spec(f"head:{version}", head)
+    extra = _head_specs(heads)
     methods = [*(ctx.params.get("methods") or POSTHOC_METHODS), *extra]
     total, done_methods = len(sets), set()
     for k, (ds_id, ds_name, root, remap) in enumerate(sets):
@@ -331,6 +356,12 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
     return {"datasets": total, "methods": sorted(done_methods)}
 
 
+def _head_specs(heads: list[tuple[int, str, str]]) -> dict[str, Any]:
+    """Scorer specs of the store's ready heads ``(version, kind, checkpoint path)``."""
+    refs = {str(v): HeadRef(Path(path), kind=kind) for v, kind, path in heads}
+    return HeadScorers(refs.__getitem__).specs(head_method(v) for v, _, _ in heads)
+
+
 def _counted(n: int, noun: str) -> str:
     return f"{n} {noun if n == 1 else noun + 's'}"
 
@@ -340,11 +371,7 @@ def _eval_rank_setup(
 ) -> tuple[Any, dict[str, Any]]:
     """One rank of a multi-process evaluate job: the model's predictor and its ready heads."""
     device = rank_device("cuda" if torch.cuda.is_available() else "cpu", rank)
-    extra = {}
-    for version, kind, path in heads:
-        head, _meta = load_head(path, kind=kind)
-        extra[f"head:{version}"] = head_spec(f"head:{version}", head)
-    return build_predictor(spec, device), extra
+    return build_predictor(spec, device), _head_specs(heads)
 
 
 def protocol_for(row: Any, ds: Any, predictor: Any, model_sha: str, data_sha: str) -> dict:

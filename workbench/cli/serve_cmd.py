@@ -104,6 +104,7 @@ def queue_missing_evaluations(ws) -> list[int]:
     """Queue an ``evaluate`` job for every model without results (and none queued yet)."""
     from db import catalog, results
     from db import jobs as dbjobs
+    from workbench.jobs import enqueue_evaluate
 
     with ws.store.read() as s:
         have = {r["model"] for r in results.leaderboard(s)}
@@ -116,10 +117,7 @@ def queue_missing_evaluations(ws) -> list[int]:
         has_eval = bool(catalog.list_datasets(s, role="eval"))
     if not has_eval:
         return []
-    return [
-        ws.store.transact(lambda s, m=m: dbjobs.enqueue_job(s, "evaluate", {"model": m}).id)
-        for m in todo
-    ]
+    return [enqueue_evaluate(ws.store, m) for m in todo]
 
 
 def wait_for_jobs(ws, timeout_s: float = 900, poll_s: float = 1.0) -> None:
