@@ -54,11 +54,11 @@ from typing import Any
 import numpy as np
 
 from anomseg.errors import InputError
+from anomseg.labels import ANOMALY, IGNORE, NORMAL
 from anomseg.metric_base import Metric, sync_state, to_numpy
 
 __all__ = ["AnomalyMetrics", "ConfusionMatrix", "Metric", "per_image", "sync_state"]
 
-NORMAL, ANOMALY, IGNORE = 0, 1, 255
 METRIC_MODES = ("exact", "streaming")
 DEFAULT_BINS = 1 << 20
 FPR_AT_TPR = 0.95

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from anomseg.head_methods import is_head_method
 from anomseg.registry import Registry
 
 
@@ -44,7 +45,7 @@ HEAD_SCALE = Scale("anomaly probability (sigmoid)", "head-probability")
 
 def scale_of(name: str) -> Scale:
     """The scale of a method name (``msp``, ``head:3``); an unknown method gets its own group."""
-    if name.startswith("head:"):
+    if is_head_method(name):
         return HEAD_SCALE
     if name in SCALES:
         return SCALES.get(name)

@@ -15,10 +15,12 @@ def method_label(method: str) -> str:
     """Display name of a stored method string: ``entropy`` -> ``MaxEntropy``,
     ``msp:T=2.0`` -> ``MSP (T=2)``, ``head:3`` -> ``Head v3``; an unknown string as it is."""
     from anomseg import scoring
+    from anomseg.head_methods import head_suffix
 
     text = (method or "").strip()
-    if text.startswith("head:"):
-        return f"Head v{text.split(':', 1)[1]}"
+    suffix = head_suffix(text)
+    if suffix is not None:
+        return f"Head v{suffix}"
     try:
         name, params = scoring.parse_method(text)
         base = scoring.get_scorer(name).label or name

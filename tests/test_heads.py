@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomseg.errors import CheckpointError
+from anomseg.errors import CheckpointError, InputError
 from anomseg.models.heads import (
     HEADS,
     FeatureHead,
@@ -187,26 +187,23 @@ def test_head_scorer_reads_prediction():
 
 def test_head_as_scoring_family(tmp_path):
     scoring = pytest.importorskip("anomseg.scoring")
-    from anomseg.models.heads import HeadResolver, head_scorer, head_spec
+    from anomseg.head_methods import HeadRef, HeadScorers
+    from anomseg.models.heads import head_scorer, head_spec
     from anomseg.prediction import Prediction
 
     torch.manual_seed(5)
     head = StatsHead().eval()
     path = tmp_path / "v7.safetensors"
     save_head(head, path, model="m", version=7)
-    resolver = HeadResolver(
-        lambda v: path if v == "7" else tmp_path / f"v{v}.safetensors",
-        prefix="testhead",
-        kind="stats",
-    )
-    if "testhead" not in scoring.FAMILIES:
-        scoring.register_family("testhead", resolver)
+    heads = HeadScorers(lambda v: HeadRef(tmp_path / f"v{v}.safetensors", kind="stats"))
     pred = Prediction(logits=torch.randn(20, 9, 11))
     ref = head_scorer(head)(pred)
-    np.testing.assert_allclose(scoring.score("testhead:7", pred), ref, atol=1e-6)
-    assert scoring.parse_method("testhead:7") == ("testhead:7", {})
-    with pytest.raises(CheckpointError, match="missing"):
-        scoring.score("testhead:8", pred)
+    extra = heads.specs(["msp", "head:7"])
+    assert list(extra) == ["head:7"]
+    np.testing.assert_allclose(scoring.score("head:7", pred, extra=extra), ref, atol=1e-6)
+    assert scoring.parse_method("head:7", extra=extra) == ("head:7", {})
+    with pytest.raises(InputError, match="not found"):
+        heads.spec("head:8")
     spec = head_spec("head:x", FeatureHead(feat_dim=4))
     assert spec.needs == frozenset({"logits", "features"}) and not spec.applicable(pred)
     np.testing.assert_allclose(

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from anomseg.errors import InputError
+from anomseg.labels import ANOMALY, IGNORE, NORMAL
 from anomseg.synth.render_cache import is_current, revisions_hash
 from training.features import CachedFeatures, FeatureCache, subsample
 
-NORMAL, ANOMALY, IGNORE = 0, 1, 255
 # internal codes: normal / anomaly kept as 0 / 1; flagged pixels get their own codes so one
 # nearest resize carries both label and weight
 _FP, _FN = 2, 3

@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from anomseg.errors import InputError
+from anomseg.labels import ANOMALY as PASTED  # a pasted object is an anomaly
+from anomseg.labels import NORMAL
 from anomseg.models.outlier_exposure import ERFNET_STAGES, OE_SCORES, OEHead
 from training.fit import Cancelled
 from training.frozen import FrozenModel
 from training.versions import ACTIVATION_RULES, eval_datasets, evaluate_and_record, safe_name
 
 Progress = Callable[[float, str], None]
-NORMAL, PASTED, IGNORE = 0, 1, 255
 
 
 @dataclass

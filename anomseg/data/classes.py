@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE = 255
+from anomseg.labels import IGNORE
 
 CITYSCAPES_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",

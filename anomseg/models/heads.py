@@ -400,8 +400,8 @@ def head_scorer(head: Head) -> Callable[[Any], np.ndarray]:
 def head_spec(name: str, head: Head, label: str = "", description: str = "") -> Any:
     """The head as an ``anomseg.scoring.ScorerSpec`` called ``name`` (e.g. ``head:3``).
 
-    Pass it as ``scoring.score(name, pred, extra={name: spec})`` or return it from a family
-    resolver (``scoring.register_family("head", ...)``, see ``HeadResolver``).
+    Pass it as ``scoring.score(name, pred, extra={name: spec})``; ``head:`` method strings are
+    resolved to these specs by ``anomseg.head_methods``.
     """
     from anomseg.scoring import ScorerSpec
 
@@ -421,39 +421,3 @@ def head_spec(name: str, head: Head, label: str = "", description: str = "") -> 
         frozenset(needs),
         description or f"learned {kind} anomaly head ({what})",
     )
-
-
-class HeadResolver:
-    """A ``scoring`` family resolver: suffix (a version) -> ScorerSpec of the head's checkpoint.
-
-    ``lookup(suffix)`` returns the checkpoint path for that version (it is where the store is
-    read, e.g. the heads of the model selected in the app). Loaded heads are kept per (path,
-    mtime), so a re-trained version under the same path is re-read.
-    """
-
-    def __init__(
-        self,
-        lookup: Callable[[str], str | os.PathLike],
-        prefix: str = "head",
-        kind: str | None = None,
-    ) -> None:
-        self.lookup = lookup
-        self.prefix = prefix
-        self.kind = kind
-        self._cache: dict[tuple[str, float], Any] = {}
-
-    def __call__(self, suffix: str) -> Any:
-        path = Path(self.lookup(suffix))
-        if not path.is_file():
-            raise CheckpointError(f"head checkpoint {path} for {self.prefix}:{suffix} is missing")
-        key = (str(path), path.stat().st_mtime)
-        spec = self._cache.get(key)
-        if spec is None:
-            head, meta = load_head(path, kind=self.kind)
-            spec = head_spec(
-                f"{self.prefix}:{suffix}",
-                head,
-                description=f"{meta['kind']} head v{meta.get('version', suffix)}",
-            )
-            self._cache = {key: spec, **{k: v for k, v in self._cache.items() if k[0] != key[0]}}
-        return spec

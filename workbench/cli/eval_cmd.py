@@ -11,14 +11,14 @@ import argparse
 import csv
 import functools
 import json
-import os
 import re
 import sys
-import tempfile
 import types
 from pathlib import Path
 from typing import Any
 
+from anomseg import settings
+from anomseg.atomic import atomic_write
 from anomseg.errors import InputError
 
 OUT_SUFFIXES = (".json", ".csv")
@@ -213,22 +213,11 @@ def check_out(path: str | None) -> Path | None:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_rows(path: Path, rows: list[Any], header: dict[str, Any]) -> None:
     """Write eval rows as JSON (with per-image values) or CSV (one line per row)."""
     if path.suffix.lower() == ".json":
         doc = {**header, "units": "fraction", "rows": [r.to_dict() for r in rows]}
-        _atomic_write(path, json.dumps(doc, indent=2) + "\n")
+        atomic_write(path, json.dumps(doc, indent=2) + "\n")
         return
     import io
 
@@ -244,7 +233,7 @@ def write_rows(path: Path, rows: list[Any], header: dict[str, Any]) -> None:
         if d.get("input_size"):
             d["input_size"] = "x".join(map(str, d["input_size"]))
         w.writerow(d)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _pct(v: float) -> str:
@@ -283,53 +272,38 @@ def head_scorers(
     same sha256 as ``--checkpoint`` (so the head is never applied to another model's
     predictions); ``head:PATH.safetensors`` is a head file, checked against the same hash.
     """
-    from anomseg.models.heads import head_spec, load_head
+    from anomseg.hashing import file_sha256
+    from anomseg.head_methods import HeadRef, HeadScorers, head_suffix, is_head_file
 
-    suffixes = [
-        m.strip().partition(":")[2].strip() for m in methods if m.strip().startswith("head:")
-    ]
-    if not suffixes:
+    wanted = [m for m in methods if head_suffix(m) is not None]
+    if not wanted:
         return {}
     if checkpoint is None:
         raise InputError("head:N methods need --checkpoint: the model the head was trained for")
-    from anomseg.hashing import file_sha256
-
     sha = file_sha256(checkpoint)
-    out: dict[str, Any] = {}
-    for suffix in suffixes:
-        if suffix.endswith(".safetensors"):
-            path, owner = Path(suffix), None
-            if not path.is_file():
-                raise InputError(f"head:{suffix}: file not found")
-        else:
-            if not suffix.isdigit():
-                raise InputError(
-                    f"head:{suffix}; expected head:N (a version number) or head:FILE.safetensors"
-                )
-            from db import heads as dbheads
-            from db.store import Store
 
-            # the same default as every other command: $ANOMSEG_WORKSPACE, else ./workspace
-            root = workspace or os.environ.get("ANOMSEG_WORKSPACE") or "workspace"
-            if url is None and not Path(root).is_dir():
-                raise InputError(f"head:{suffix}: workspace {root} not found")
-            store = Store.open(url=url, workspace=root)
-            try:
-                with store.read() as s:
-                    owner, ckpt = dbheads.head_checkpoint_for(s, sha, int(suffix))
-            finally:
-                store.close()
-            path = Path(ckpt)
-        head, meta = load_head(path, base=checkpoint)  # base: what an oe file was tuned from
-        if meta.get("model_sha256") not in (None, sha):
-            raise InputError(
-                f"head:{suffix} was trained for the checkpoint with sha256 "
-                f"{str(meta['model_sha256'])[:12]}…, not {checkpoint} ({sha[:12]}…)"
-            )
-        name = f"head:{suffix}"
-        label = f"{name} ({meta['kind']}{', ' + owner if owner else ''})"
-        out[name] = head_spec(name, head, label=label)
-    return out
+    def lookup(suffix: str) -> HeadRef:
+        # base: the checkpoint an oe file was tuned from; the sha: the head's own model
+        if is_head_file(suffix):
+            if not Path(suffix).is_file():
+                raise InputError(f"head:{suffix}: file not found")
+            return HeadRef(Path(suffix), base=checkpoint, model_sha256=sha)
+        from db import heads as dbheads
+        from db.store import Store
+
+        # the same default as every other command: $ANOMSEG_WORKSPACE, else ./workspace
+        root = settings.workspace_dir(workspace)
+        if url is None and not root.is_dir():
+            raise InputError(f"head:{suffix}: workspace {root} not found")
+        store = Store.open(url=url, workspace=root)
+        try:
+            with store.read() as s:
+                owner, ckpt = dbheads.head_checkpoint_for(s, sha, int(suffix.lstrip("vV")))
+        finally:
+            store.close()
+        return HeadRef(Path(ckpt), base=checkpoint, model_sha256=sha, owner=owner)
+
+    return HeadScorers(lookup).specs(wanted)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,10 +11,10 @@ params, so the Leaderboard and Compare put it beside ours. ``--no-record`` only 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
+from anomseg import settings
 from anomseg.errors import InputError
 
 EXTERNAL_MODEL = "external"
@@ -98,7 +98,7 @@ def run_scores(args: argparse.Namespace) -> int:
     if not getattr(args, "no_record", False):
         from db.store import Store
 
-        ws = getattr(args, "workspace", None) or os.environ.get("ANOMSEG_WORKSPACE") or "workspace"
+        ws = settings.workspace_dir(getattr(args, "workspace", None))
         store = Store.open(url=getattr(args, "url", None), workspace=ws)
         try:
             ids = [i for ds, row, folder in rows if (i := record(store, ds, row, folder))]
