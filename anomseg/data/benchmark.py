@@ -30,10 +30,10 @@ import numpy as np
 from anomseg.errors import DatasetError, InputError
 from anomseg.imageio import array_sha256, image_size, read_image, read_label, resize_image
 from anomseg.imageio import resize_label as _resize_label
+from anomseg.labels import ANOMALY, IGNORE, NORMAL
 from anomseg.registry import Registry
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
-NORMAL, ANOMALY, IGNORE = 0, 1, 255
 LABEL_VALUES: tuple[int, ...] = (NORMAL, ANOMALY, IGNORE)
 
 # Dataset folder name -> label value remap applied by remap="auto".
