@@ -138,7 +138,8 @@ def eval_dataset_for(session: Session, bench: Any) -> Dataset:
         session, bench.name, "eval", root, layout="benchmark",
         label_remap={str(k): v for k, v in (bench.remap or {}).items()} or None,
     )  # fmt: skip
-    catalog.register_images(session, d, [smp.image_path for smp in bench.samples])
+    # resolved like the root: a relative --dataset path must not read as escaping it
+    catalog.register_images(session, d, [Path(smp.image_path).resolve() for smp in bench.samples])
     return d
 
 

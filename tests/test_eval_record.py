@@ -238,3 +238,30 @@ def test_cli_eval_records_its_rows_under_a_registered_model(trained, tmp_path, c
         h.update(bytes.fromhex(_sha(root / "bench/labels_masks" / f"e{i}.png")))
     assert card["dataset_sha256"] == h.hexdigest()
     assert (card["input_size"], card["metric_mode"], card["skip_empty"]) == ("32x64", "exact", True)
+
+
+def test_eval_dataset_for_finds_by_root_registers_relative_paths_and_refuses_other_roles(
+    trained, tmp_path, monkeypatch
+):
+    import shutil
+
+    from anomseg.data.benchmark import BenchmarkDataset
+    from db import catalog
+    from db.results import eval_dataset_for
+
+    root, store, ids, _out = trained
+    for sub in ("images", "labels_masks"):
+        (tmp_path / "b2" / sub).mkdir(parents=True)
+        shutil.copy(root / "bench" / sub / "e0.png", tmp_path / "b2" / sub / "e0.png")
+    monkeypatch.chdir(tmp_path)  # the benchmark given as a relative path, as on a command line
+    bench = BenchmarkDataset("b2")
+    first = store.transact(
+        lambda s: (eval_dataset_for(s, bench).id, len(catalog.list_images(s, "b2")))
+    )
+    again = store.transact(lambda s: eval_dataset_for(s, BenchmarkDataset(tmp_path / "b2")).id)
+    assert first == (again, 1)  # registered once, with its image, then found by its root
+    assert store.transact(lambda s: eval_dataset_for(s, _bench(root)).id) == ids["bench"]
+    syn = BenchmarkDataset(root / "bench")
+    syn.root = root / "synthetic"  # the store's synthetic dataset lives there
+    with pytest.raises(InputError, match="role 'synthetic'; results are recorded on eval"):
+        store.transact(lambda s: eval_dataset_for(s, syn))
