@@ -104,3 +104,33 @@ def test_cli_add_dataset_registers_a_valid_benchmark(ws, tmp_path):
         # RoadAnomaly codes anomalies as 2: the known remap is recorded with the dataset
         assert ds.role == "eval" and ds.label_remap == {"2": 1}
         assert len(catalog.list_images(s, ds)) == 1
+
+
+def test_demo_samples_carry_a_current_render_cache_that_training_reads(ws):
+    from anomseg.synth.render_cache import is_current, revisions_hash
+    from training.dataset import training_images_from_store
+
+    with ws.store.read() as s:
+        model_id = catalog.get_model(s, "demo-erfnet").id
+        rows = pastes.list_samples(s, status="accepted")
+        accepted = [(smp.id, smp.uid) for smp in rows]
+        for smp in rows:
+            revs = {p.key: r.content_hash for p, r in pastes.current_revisions(s, smp.id)}
+            stem = smp.uid.removeprefix("demo-")
+            assert smp.render["image"] == f"images/{stem}.png"
+            assert smp.render["revisions_hash"] == revisions_hash(revs)
+            assert is_current(smp.render, revisions_hash(revs))
+        images, notes = training_images_from_store(s, model_id)
+    got = {im.key for im in images}
+    assert {f"sample:{sid}" for sid, _uid in accepted} <= got and not notes
+    # the cache is the world's own rendering: training reads exactly the files on disk
+    sid, uid = accepted[0]
+    stem = uid.removeprefix("demo-")
+    one = next(im for im in images if im.key == f"sample:{sid}")
+    root = ws.demo_dir / "train"
+    np.testing.assert_array_equal(
+        one.load_rgb(), np.asarray(Image.open(root / "images" / f"{stem}.png").convert("RGB"))
+    )
+    gt = np.asarray(Image.open(root / "labels_masks" / f"{stem}.png"))
+    assert one.load_target().shape == gt.shape == TINY.size
+    assert ((one.load_target() == 1) == (gt == 1)).all() and (gt == 1).any()

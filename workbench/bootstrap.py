@@ -106,9 +106,7 @@ def _register_demo_samples(ws: Workspace, d: dict, root: Path, accepted_fraction
             pastes.set_render_cache(
                 s,
                 sample.id,
-                cache_entry(
-                    f"images/{stem}.png", f"labels_masks/{stem}.png", revisions_hash(revs)
-                ),
+                cache_entry(f"images/{stem}.png", f"labels_masks/{stem}.png", revisions_hash(revs)),
             )
 
 

@@ -178,4 +178,3 @@ class Workspace:
     def predictor(self, name: str | int) -> Predictor:
         """The process-wide Predictor of a registered model (LRU of MAX_LOADED_MODELS)."""
         return self._predictors.get(name)
-
