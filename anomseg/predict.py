@@ -48,7 +48,8 @@ Size = tuple[int, int]
 
 
 class PredictionCache(LRU):
-    """A thread-safe LRU of ``Prediction`` objects bounded by their total tensor bytes."""
+    """A thread-safe LRU of ``Prediction`` objects bounded by their total bytes (tensors plus
+    the scoring memo's allowance, ``Prediction.nbytes``)."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if max_bytes < 0:

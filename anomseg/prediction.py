@@ -25,13 +25,25 @@ Conventions (documented once, relied on everywhere):
   simply the image (several windows, or a rescaled image); a head applied per window
   (``head_geometry="window"``) reads them.
 * ``num_classes``: number of semantic classes used for mIoU (19 for Cityscapes).
+
+Scorers share channel reductions of one prediction (max logit, logsumexp per temperature, the
+head statistics) through ``Prediction.memo``: at most ``MEMO_MAPS`` (H, W) float32 maps, so
+``nbytes()`` can charge the byte-bounded prediction cache for them when the prediction is stored,
+before any scorer has run.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import torch
+
+# (H, W) float32 maps a prediction's scoring memo may hold (the head statistics count as 4):
+# the stats, amax and lse at T=1 fit (what the default methods read); older entries go first
+MEMO_MAPS = 6
+_MEMO_LOCK = threading.Lock()  # short critical sections only: the values are computed outside
 
 
 @dataclass
@@ -46,6 +58,8 @@ class Prediction:
     window_features: torch.Tensor | None = None
     model_name: str = ""
     meta: dict = field(default_factory=dict)
+    # scoring's shared reductions, oldest first (see the module doc); not a result, not compared
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -73,9 +87,29 @@ class Prediction:
             meta=dict(self.meta),
         )
 
+    def memo(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()`` once per key (a reduction of this prediction's own tensors, so pure),
+        kept while it fits in ``MEMO_MAPS`` maps."""
+        with _MEMO_LOCK:
+            hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        value = compute()
+        hw = max(1, self.size[0] * self.size[1])
+        with _MEMO_LOCK:
+            self._memo[key] = value
+            while sum(-(-t.numel() // hw) for t in self._memo.values()) > MEMO_MAPS:
+                del self._memo[next(iter(self._memo))]
+        return value
+
+    def memo_nbytes(self) -> int:
+        """The most the scoring memo may hold (what the prediction cache charges for it)."""
+        return MEMO_MAPS * self.size[0] * self.size[1] * 4
+
     def nbytes(self) -> int:
-        """Memory held by the tensors (for the size-bounded prediction cache)."""
-        total = 0
+        """Memory held by the tensors and the scoring memo's allowance (for the size-bounded
+        prediction cache)."""
+        total = self.memo_nbytes()
         for t in (
             self.logits,
             self.pixel_class_logits,

@@ -250,10 +250,7 @@ def _memo(prediction: Prediction, key: tuple, fn) -> torch.Tensor:
     (a pass over C x H x W costs more than the per-pixel arithmetic that follows). Pure: the
     cached values are functions of the prediction's own logits.
     """
-    memo = prediction.meta.setdefault("_scoring_memo", {})
-    if key not in memo:
-        memo[key] = fn()
-    return memo[key]
+    return prediction.memo(key, fn)
 
 
 def _amax(prediction: Prediction) -> torch.Tensor:
