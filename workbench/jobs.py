@@ -22,14 +22,12 @@ import torch
 from sqlalchemy import func, select
 
 from anomseg import scoring
-from anomseg.components import track_for
 from anomseg.data.benchmark import BenchmarkDataset
 from anomseg.distributed import evaluate_nproc, rank_device
 from anomseg.errors import AnomsegError, InputError
-from anomseg.evaluate import evaluate
+from anomseg.evaluate import attach_protocol, evaluate
 from anomseg.head_methods import HeadRef, HeadScorers, head_method
 from anomseg.models.heads import HEADS
-from anomseg.protocol import card, dataset_sha256
 from anomseg.registry import Registry
 from db import catalog, results
 from db import heads as dbheads
@@ -212,7 +210,6 @@ def enqueue_synth_generate(store: Any, n: Any, params: dict[str, Any] | None = N
     return store.transact(lambda s: int(enqueue_job(s, "synth_generate", payload).id))
 
 
-
 def _synthetic_dataset(s: Any, name: str | None) -> Any:
     if name:
         ds = catalog.get_dataset(s, name)
@@ -314,7 +311,6 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
         )
         if not len(ds):
             continue
-        data_sha = dataset_sha256(ds)
         # methods this model cannot feed (rba on a pixel model) are left out, not failed;
         # the probe is the first image's forward, which the evaluation reuses from the cache
         probe = predictor.predict(ds[0][0])
@@ -330,28 +326,20 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
             setup = functools.partial(_eval_rank_setup, spec, heads)
             rows, _info = evaluate_nproc(ctx.nproc, setup, [ds], usable, on_image=on_image)
         else:
-            rows = evaluate(
-                predictor, [ds], usable, progress=False, on_image=on_image, extra=extra
-            )
-        for r in rows:
-            if not r.n_images:
-                continue
-            row = {
-                "model_id": model_id,
-                "method": r.method,
-                "dataset_id": ds_id,
-                "metrics": r.metrics,  # pixel and component (sIoU / PPV / F1) values
-                "params": {"protocol": protocol_for(r, ds, predictor, model_sha, data_sha)},
-                "n_images": r.n_images,
-                "per_image": r.per_image,
-                "seconds": r.seconds,
-            }
-            ctx.store.transact(lambda s, row=row: _add_result(s, row))
-            done_methods.add(r.method)
+            rows = evaluate(predictor, [ds], usable, progress=False, on_image=on_image, extra=extra)
+        attach_protocol(
+            rows, [ds], getattr(predictor, "input_size", None), checkpoint_sha256=model_sha
+        )
+        # one transaction per dataset: its rows (figures, per-image values, card) or none
+        stored = ctx.store.transact(
+            lambda s, rows=rows, ds=ds, ds_id=ds_id: [
+                r.method for r in results.record_eval_rows(s, model_id, rows, {ds.name: ds_id})
+            ]
+        )
+        done_methods.update(stored)
     ctx.progress(
         1.0,
-        f"evaluated {_counted(len(done_methods), 'method')} on "
-        f"{_counted(total, 'dataset')}",
+        f"evaluated {_counted(len(done_methods), 'method')} on {_counted(total, 'dataset')}",
     )
     return {"datasets": total, "methods": sorted(done_methods)}
 
@@ -372,31 +360,3 @@ def _eval_rank_setup(
     """One rank of a multi-process evaluate job: the model's predictor and its ready heads."""
     device = rank_device("cuda" if torch.cuda.is_available() else "cpu", rank)
     return build_predictor(spec, device), _head_specs(heads)
-
-
-def protocol_for(row: Any, ds: Any, predictor: Any, model_sha: str, data_sha: str) -> dict:
-    """The protocol card of a row this job evaluated (``anomseg.protocol``)."""
-    return card(
-        input_size=getattr(predictor, "input_size", None),
-        score_size="input",
-        skip_empty=True,
-        label_remap=ds.remap,
-        metric_mode=row.metric_mode,
-        track=track_for(row.dataset),
-        checkpoint_sha256=model_sha,
-        dataset_sha256=data_sha,
-    )
-
-
-def _add_result(s: Any, row: dict[str, Any]) -> None:
-    results.add_eval_result(
-        s,
-        row["model_id"],
-        row["method"],
-        row["dataset_id"],
-        row["metrics"],
-        row["n_images"],
-        per_image=row["per_image"],
-        seconds=row["seconds"],
-        params=row.get("params"),
-    )
