@@ -175,7 +175,10 @@ def build(ctx: Context) -> None:
             from dashboard import components_view
 
             components_view.build(
-                ctx, model, image_id, [c.name for c in svc.scores.method_choices(model0)] if model0 else []
+                ctx,
+                model,
+                image_id,
+                [c.name for c in svc.scores.method_choices(model0)] if model0 else [],
             )
 
     style_inputs = [opacity, thr_mode, thr, shared, show_gt, cmap, dataset]
@@ -373,7 +376,9 @@ def build(ctx: Context) -> None:
         # the same colour range as the method's panel (shared within units when asked)
         view = svc.scores.load_view(m, int(img))
         maps = svc.scores.score_maps(m, view, shown_names, pdict)
-        lo, hi = svc.compare.colour_ranges(svc.catalog.model_key(m), view, maps, style.shared_scale)[name]
+        lo, hi = svc.compare.colour_ranges(
+            svc.catalog.model_key(m), view, maps, style.shared_scale
+        )[name]
         big = svc.compare.full_view(m, int(img), name, pdict, style, vrange=(lo, hi))
         label = {c.name: c.label for c in svc.scores.method_choices(m)}.get(name, name)
         txt = f"Full-size view: **{label}** on **#{view.image_id} {view.name}** "

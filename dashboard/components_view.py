@@ -82,15 +82,15 @@ def summary(comp: Any, threshold: float, siou_t: float = 0.5) -> str:
 
 
 def build(ctx: Any, model: Any, image_id: Any, methods: list[str]) -> None:
-    """The panel's widgets, wired to ``ctx.svc.components.component_view``; ``model`` / ``image_id`` are
-    Compare's own components. Methods recorded from external score maps (``anomseg eval
-    --scores``) are offered too, as ``external:<name>``."""
+    """The panel's widgets, wired to ``ctx.svc.components.component_view``; ``model`` /
+    ``image_id`` are Compare's own components. Methods recorded from external score maps
+    (``anomseg eval --scores``) are offered too, as ``external:<name>``."""
     _build(ctx, model, image_id, [*methods, *ctx.svc.components.external_methods()])
 
 
 def _build(ctx: Any, model: Any, image_id: Any, methods: list[str]) -> None:
-    """The panel's widgets, wired to ``ctx.svc.components.component_view``; ``model`` / ``image_id`` are
-    Compare's own components."""
+    """The panel's widgets, wired to ``ctx.svc.components.component_view``; ``model`` /
+    ``image_id`` are Compare's own components."""
     import gradio as gr
     import pandas as pd
 

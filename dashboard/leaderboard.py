@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from anomseg.errors import AnomsegError
+from anomseg.head_methods import is_head_method
 from dashboard import render
 from dashboard.ranking import rank_and_mark
 from dashboard.services import Services
@@ -137,7 +138,11 @@ def build(ctx: Context) -> None:
         row_i = evt.index[0] if isinstance(evt.index, list | tuple) else int(evt.index)
         row = df.iloc[int(row_i)].to_dict()
         by = by if by in WORST_BY else "AuPRC"
-        worst_rows = svc.leaderboard.worst_images(int(row["result"]), k=8, key=WORST_BY[by])
+        try:
+            worst_rows = svc.leaderboard.worst_images(int(row["result"]), 8, WORST_BY[by])
+            no_worst = ""
+        except AnomsegError as exc:  # stored without per-image values: say so, show the rest
+            worst_rows, no_worst = [], str(exc)
         items = []
         for image_id, name, au in worst_rows:
             try:
@@ -153,7 +158,7 @@ def build(ctx: Context) -> None:
             ]
         ]
         available = {c.name for c in svc.scores.method_choices(row["model"])}
-        plain = [n for n in names if ":" not in n or n.startswith("head:")]
+        plain = [n for n in names if ":" not in n or is_head_method(n)]
         curve_names = [n for n in plain if n in available][:10]
         try:
             curves_data = svc.leaderboard.pr_curves(
@@ -167,10 +172,14 @@ def build(ctx: Context) -> None:
             f"FPR95 {row['FPR95']} · AUROC {row['AUROC']} · sIoU {row.get('sIoU')} · PPV "
             f"{row.get('PPV')} · F1 {row.get('F1')} — worst images by {by} below"
         )
+        if no_worst:
+            md += f"\n\n{no_worst}"
         if row.get("protocol"):
             md += f"\n\nProtocol: {row['protocol']}"
         same = df[(df["dataset"] == row["dataset"]) & (df["result"] != row["result"])]
-        diffs = svc.leaderboard.protocol_differences(int(row["result"]), [int(r) for r in same["result"]][:12])
+        diffs = svc.leaderboard.protocol_differences(
+            int(row["result"]), [int(r) for r in same["result"]][:12]
+        )
         if diffs:
             md += "\n\n**These rows differ in protocol:**\n" + "\n".join(f"- {d}" for d in diffs)
         return md, fig, items, [i for i, _n, _a in worst_rows[: len(items)]], row

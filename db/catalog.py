@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from anomseg.errors import DatasetError, InputError
 from anomseg.hashing import file_sha256
-from db.models import DATASET_ROLES, EVAL_ROLES, Dataset, Image, Model
+from db.models import DATASET_ROLES, EVAL_ROLES, Dataset, Image, Model, row_id
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -177,6 +177,40 @@ def get_image(session: Session, dataset: Dataset | str | int, path: str) -> Imag
     if img is None:
         raise InputError(f"image {rel!r} is not registered in dataset {ds.name!r}")
     return img
+
+
+def get_image_by_id(session: Session, image_id: object) -> Image:
+    """An image by id; InputError when the id is malformed or no longer registered."""
+    img = session.get(Image, row_id(image_id, "image id"))
+    if img is None:
+        raise InputError(f"image id {image_id} is not registered (deleted?)")
+    return img
+
+
+def image_ids_and_paths(session: Session, dataset_id: int) -> list[tuple[int, str]]:
+    """(image id, relative path) of a dataset's images, unordered (callers sort naturally)."""
+    rows = session.execute(select(Image.id, Image.path).where(Image.dataset_id == dataset_id))
+    return [(int(i), str(p)) for i, p in rows]
+
+
+def dataset_image_counts(session: Session) -> list[tuple[int, str, str, int]]:
+    """(id, name, role, number of images) of every dataset, by role then name."""
+    q = (
+        select(Dataset.id, Dataset.name, Dataset.role, func.count(Image.id))
+        .join(Image, Image.dataset_id == Dataset.id, isouter=True)
+        .group_by(Dataset.id)
+        .order_by(Dataset.role, Dataset.name)
+    )
+    return [(int(i), str(n), str(r), int(c)) for i, n, r, c in session.execute(q)]
+
+
+def row_counts(session: Session) -> dict[str, int]:
+    """How many models, datasets and images are registered."""
+    return {
+        "models": session.scalar(select(func.count(Model.id))) or 0,
+        "datasets": session.scalar(select(func.count(Dataset.id))) or 0,
+        "images": session.scalar(select(func.count(Image.id))) or 0,
+    }
 
 
 def list_images(session: Session, dataset: Dataset | str | int) -> list[Image]:

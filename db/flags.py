@@ -86,6 +86,16 @@ def get_flag(session: Session, flag_id: int) -> Flag:
     return flag
 
 
+def find_flag_by_uid(session: Session, uid: str) -> Flag | None:
+    """The flag stored under a client's save token, if any."""
+    return session.scalar(select(Flag).where(Flag.uid == uid))
+
+
+def count_flags(session: Session) -> int:
+    """All flags in the store."""
+    return int(session.scalar(select(func.count(Flag.id))) or 0)
+
+
 def list_flags(
     session: Session,
     *,

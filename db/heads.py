@@ -191,6 +191,16 @@ def list_head_versions(session: Session, model_id: int) -> list[HeadVersion]:
     )
 
 
+def active_heads(session: Session) -> list[tuple[str, int]]:
+    """(model name, version) of every model's active head."""
+    rows = session.execute(
+        select(Model.name, HeadVersion.version)
+        .join(HeadVersion, HeadVersion.model_id == Model.id)
+        .where(HeadVersion.active.is_(True))
+    )
+    return [(str(m), int(v)) for m, v in rows]
+
+
 def head_checkpoint_for(session: Session, model_sha256: str, version: int) -> tuple[str, str]:
     """(model name, head checkpoint path) of head ``version`` of the registered model whose
     checkpoint has this sha256: how ``anomseg eval --methods head:N`` finds a head from a

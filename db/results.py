@@ -209,3 +209,30 @@ def result_history(
         .order_by(EvalResult.id)
     )
     return [r for r in rows if is_current(r.method, r.params)]
+
+
+def get_result(session: Session, result_id: int) -> EvalResult:
+    """An evaluation result by id; InputError when it does not exist."""
+    res = session.get(EvalResult, int(result_id))
+    if res is None:
+        raise InputError(f"evaluation result id {result_id} does not exist")
+    return res
+
+
+def external_methods(session: Session) -> list[str]:
+    """Methods recorded from external score maps (models of architecture ``external``), sorted."""
+    names = session.scalars(
+        select(EvalResult.method).join(Model, EvalResult.model_id == Model.id)
+        .where(Model.architecture == "external").distinct()
+    )  # fmt: skip
+    return sorted(names)
+
+
+def latest_external_result(session: Session, method: str, dataset_id: int) -> EvalResult | None:
+    """The newest result of an external method on a dataset, if any."""
+    return session.scalars(
+        select(EvalResult).join(Model, EvalResult.model_id == Model.id)
+        .where(Model.architecture == "external", EvalResult.method == method,
+               EvalResult.dataset_id == dataset_id)
+        .order_by(EvalResult.id.desc()).limit(1)
+    ).first()  # fmt: skip

@@ -714,7 +714,9 @@ def test_generate_job_proposes_new_samples_on_the_ground(svc, ws):
             svc.curate.check_placement(bg, r)
 
 
-def test_worst_images_of_a_result_without_per_image_figures_are_scored_live(svc, ws):
+def test_worst_images_of_a_result_without_per_image_figures_say_so_and_score_nothing(svc, ws):
+    """The drill-down reads stored per-image values only: a result stored without them (an old
+    row) is refused with what to do, and no image is scored to make them up."""
     from db import catalog
     from db import results as dbresults
 
@@ -723,18 +725,15 @@ def test_worst_images_of_a_result_without_per_image_figures_are_scored_live(svc,
         return dbresults.add_eval_result(s, m.id, "head:1", ws.eval_id, {"auprc": 0.5}, 3).id
 
     rid = ws.store.transact(add)  # a result stored without per-image figures
-    worst = svc.leaderboard.worst_images(rid, k=3)
-    assert len(worst) == 3
-    aus = [a for _i, _n, a in worst]
-    assert aus == sorted(aus)
-    # each figure is the per-image AuPRC of the head's map (checked against sklearn)
-    from sklearn.metrics import average_precision_score
-
-    image_id, _name, au = worst[0]
-    v = svc.scores.load_view("tiny-erfnet", image_id)
-    _, m = svc.scores.score_maps("tiny-erfnet", v, ["head:1"])["head:1"]
-    keep = v.gt_score != 255
-    assert au == pytest.approx(average_precision_score(v.gt_score[keep] == 1, m[keep]), abs=1e-6)
+    forwards, maps = svc.scores.forward_count, len(svc.context.maps)
+    for key in ("auprc", "siou"):
+        with pytest.raises(
+            InputError,
+            match=rf"no per-image values stored for Head v1 on mini-eval \(result #{rid}\): "
+            "evaluate it again",
+        ):
+            svc.leaderboard.worst_images(rid, k=3, key=key)
+    assert (svc.scores.forward_count, len(svc.context.maps)) == (forwards, maps)
 
 
 def test_head_rows_show_recipe_and_geometry(svc, ws):

@@ -95,6 +95,34 @@ def check_label_values(label: np.ndarray, allowed: np.ndarray, path: Path, hint:
         raise DatasetError(f"{path}: unexpected label values {shown}; {hint}")
 
 
+LABEL_DIRS: tuple[str, ...] = ("labels_masks", "labels")
+_ALLOWED = np.isin(np.arange(256), LABEL_VALUES)
+
+
+def read_anomaly_label(
+    root: str | os.PathLike, image_path: str, remap: Remap = None
+) -> np.ndarray | None:
+    """The 0/1/255 ground truth of an image of a dataset folder, or None when it has none.
+
+    Looked up beside the image's stem in ``labels_masks/`` then ``labels/``, as ``<stem>.png``
+    or the official ``<stem>_labels_semantic.png``; values are remapped (``remap``, else the
+    folder's known remap) and then must be 0, 1 or 255.
+    """
+    root = Path(root)
+    stem = Path(image_path).stem
+    for labels_dir in LABEL_DIRS:
+        for cand in (f"{stem}.png", f"{stem}_labels_semantic.png"):
+            p = root / labels_dir / cand
+            if p.is_file():
+                label = read_label(p)
+                remap = remap or known_remap(root.name)
+                if remap:
+                    label = _lut(remap)[label]
+                check_label_values(label, _ALLOWED, p, "expected 0 / 1 / 255")
+                return label
+    return None
+
+
 @dataclass(frozen=True)
 class Sample:
     """One image/label file pair of a dataset."""

@@ -260,3 +260,39 @@ def propose(
         return records, None
     why = ", ".join(f"{k} x{v}" for k, v in rejected.most_common())
     return records, f"placed {len(records)} of {n} after {cfg.max_retries} tries each ({why})"
+
+
+# where a hand-moved paste may stand (the drivable / walkable ground the demo pastes use)
+EDIT_TARGET_CLASSES = ("road", "sidewalk", "terrain")
+EDIT_MIN_COVERAGE = 0.8
+
+
+def check_placement(
+    labels: np.ndarray,
+    record: PasteRecord,
+    obj: SourceObject,
+    target_classes: tuple[str, ...] = EDIT_TARGET_CLASSES,
+    min_coverage: float = EDIT_MIN_COVERAGE,
+) -> None:
+    """Raise InputError when an edited paste leaves the frame or does not stand on the ground.
+
+    ``labels`` are the background's train ids; ``obj`` is the record's source object. The
+    footprint is the renderer's exact transformed mask, as in ``propose``.
+    """
+    mask = transform_mask(obj, record.scale, record.flip, record.rotation)
+    if mask.size == 0 or not mask.any():
+        raise InputError(f"paste {record.object_id}: the object vanishes at scale {record.scale}")
+    H, W = labels.shape
+    top, left, bottom, right = placed_box(record.x, record.y, *mask.shape)
+    if top < 0 or left < 0 or bottom > H or right > W:
+        raise InputError(
+            f"paste moved off the image: the object would span x {left}..{right}, "
+            f"y {top}..{bottom} of a {W}x{H} frame; move it further inside"
+        )
+    under = labels[top:bottom, left:right][mask]
+    cover = float(np.isin(under, [TRAIN_ID[c] for c in target_classes]).mean())
+    if cover < min_coverage:
+        raise InputError(
+            f"paste moved off the road: only {cover:.0%} of the object stands on "
+            f"{' / '.join(target_classes)} (at least {min_coverage:.0%} needed); not saved"
+        )

@@ -9,14 +9,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from anomseg.cache import LRU
 from anomseg.errors import InputError
 from dashboard import render
+from dashboard.scales import scale_of
 from dashboard.services.catalog import CatalogService
 from dashboard.services.context import ServiceContext
 from dashboard.services.formatting import pct
 from dashboard.services.scores import ImageView, ScoreService
+from db import catalog as dbcatalog
 
 GRID_MAX_SIDE = 640  # panels in the side-by-side grid; the full-size view uses the scoring size
 TPR_TARGET = 0.95
@@ -75,8 +78,6 @@ class CompareResult:
 
     def table(self):
         """Per-method figures as a data frame (for the table under the panels)."""
-        import pandas as pd
-
         rows = [
             {
                 "method": p.label,
@@ -116,8 +117,6 @@ class CompareService:
         self, mkey: str, view: ImageView, maps: dict[str, tuple[str, np.ndarray]], shared: bool
     ) -> dict[str, tuple[float, float]]:
         """Each method's colour range; with ``shared``, one range per unit (dashboard.scales)."""
-        from dashboard.scales import scale_of
-
         ranges = {
             n: self.scores.colour_range((mkey, view.sha256, spec), m, view.gt_score)
             for n, (spec, m) in maps.items()
@@ -187,8 +186,6 @@ class CompareService:
         view = self.scores.load_view(model, image_id)
         mkey = self.catalog.model_key(model)
         maps = self.scores.score_maps(model, view, chosen, params)
-        from dashboard.scales import scale_of
-
         ranges = self.colour_ranges(mkey, view, maps, style.shared_scale)
         if style.threshold_mode == "95% TPR on dataset":
             # every method's threshold in one pass (one forward per image), then cache hits
@@ -336,11 +333,11 @@ class CompareService:
             _, amap = self.scores.score_maps(model, view, [name], {name: params or {}})[name]
             pos.append(amap[view.gt_score == 1])
         if not pos:
-            with self.store.read() as s:
-                from db.models import Dataset
-
-                ds = s.get(Dataset, int(dataset_id))
-                ds_name = ds.name if ds is not None else f"id {dataset_id}"
+            try:
+                with self.store.read() as s:
+                    ds_name = dbcatalog.get_dataset(s, int(dataset_id)).name
+            except InputError:
+                ds_name = f"id {dataset_id}"
             raise InputError(
                 f"dataset {ds_name!r} has no ground-truth anomaly pixels, so there is no 95% TPR "
                 "threshold; pick an evaluation dataset or use a score threshold"

@@ -8,10 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from anomseg import scoring
+from anomseg.components import SIZE_FILTERS, image_components, track_for
+from anomseg.data.benchmark import read_anomaly_label
 from anomseg.errors import InputError
+from anomseg.scoremaps import read_map
+from dashboard import components_view
 from dashboard.services.catalog import CatalogService
 from dashboard.services.context import ServiceContext
 from dashboard.services.scores import ScoreService
+from db import results as dbresults
 
 EXTERNAL_PREFIX = "external:"  # Compare's name for recorded external maps
 
@@ -27,26 +33,15 @@ class ComponentService:
 
     def external_methods(self) -> list[str]:
         """``external:<name>`` for every method recorded from external score maps."""
-        from sqlalchemy import select
-
-        from db.models import EvalResult, Model
-
         with self.store.read() as s:
-            names = s.scalars(
-                select(EvalResult.method).join(Model, EvalResult.model_id == Model.id)
-                .where(Model.architecture == "external").distinct()
-            ).all()  # fmt: skip
-        return [f"{EXTERNAL_PREFIX}{n}" for n in sorted(names)]
+            names = dbresults.external_methods(s)
+        return [f"{EXTERNAL_PREFIX}{n}" for n in names]
 
     def component_view(
         self, model: str, image_id: int, name: str, quantile: float = 0.95, siou_t: float = 0.5
     ) -> tuple[np.ndarray, list[dict[str, Any]], str]:
         """Compare's component panel: (overlay, one row per component, summary) of one method's
         map thresholded at its ``quantile`` (``anomseg.components``, official size filters)."""
-        from anomseg import scoring
-        from anomseg.components import SIZE_FILTERS, image_components, track_for
-        from dashboard import components_view
-
         view = self.scores.load_view(model, image_id)
         if view.gt_score is None:
             raise InputError(f"image #{image_id} has no ground truth; components need one")
@@ -71,23 +66,13 @@ class ComponentService:
 
     def _external_map(self, method: str, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(map, label) of one image from the folder the latest external result was read from."""
-        from sqlalchemy import select
-
-        from anomseg.scoremaps import read_map
-        from db.models import EvalResult, Model
-
         img, ds, _path = self.catalog.image_paths(image_id)
         with self.store.read() as s:
-            res = s.scalars(
-                select(EvalResult).join(Model, EvalResult.model_id == Model.id)
-                .where(Model.architecture == "external", EvalResult.method == method,
-                       EvalResult.dataset_id == ds.id)
-                .order_by(EvalResult.id.desc()).limit(1)
-            ).first()  # fmt: skip
+            res = dbresults.latest_external_result(s, method, ds.id)
             folder = (res.params or {}).get("scores_dir") if res is not None else None
         if not folder:
             raise InputError(f"no external maps of {method!r} are recorded for dataset {ds.name!r}")
-        gt = self.catalog.label_for(ds, img)
+        gt = read_anomaly_label(ds.root, img.path, ds.label_remap)
         if gt is None:
             raise InputError(f"image #{image_id} has no ground truth; components need one")
         return read_map(Path(folder), Path(img.path).stem, gt.shape), gt

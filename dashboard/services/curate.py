@@ -7,16 +7,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+import anomseg.world  # noqa: F401  (registers the procedural background and bank object sources)
 from anomseg.cache import LRU
 from anomseg.errors import InputError
+from anomseg.imageio import image_size
+from anomseg.synth import placement
+from anomseg.synth.records import PasteRecord, records_hash
+from anomseg.synth.render import render as render_pastes
+from anomseg.synth.render_cache import write_render_cache
+from anomseg.synth.sources import BACKGROUND_SOURCES, OBJECT_SOURCES
 from dashboard import render
 from dashboard.services.context import ServiceContext
 from dashboard.wording import REGISTER_TRAINING_HINT
-
-# where a pasted object may stand (the drivable / walkable ground the demo pastes use)
-TARGET_CLASSES = ("road", "sidewalk", "terrain")
-MIN_ROAD_COVERAGE = 0.8
+from db import catalog as dbcatalog
+from db import pastes as dbpastes
+from db.jobs import enqueue_job
+from training.synth_samples import object_source_for, sample_sources
 
 
 class CurateService:
@@ -30,10 +38,6 @@ class CurateService:
 
     def samples_frame(self, status: str | None = None):
         """Synthetic samples (optionally of one status) as a data frame."""
-        import pandas as pd
-
-        from db import pastes as dbpastes
-
         status = None if status in (None, "", "all") else status
         with self.store.read() as s:
             rows = []
@@ -52,23 +56,17 @@ class CurateService:
 
     def sample_counts(self) -> dict[str, int]:
         """Number of synthetic samples per status."""
-        from db import pastes as dbpastes
-
         with self.store.read() as s:
             return dbpastes.sample_counts(s)
 
     def _background(self, sample_id: int) -> Any:
         """The background of a sample: from the workspace if it knows, else by source registry."""
-        from db import pastes as dbpastes
-
         with self.store.read() as s:
             smp = dbpastes.get_sample(s, int(sample_id))
             bid, cached, root = smp.background_id, smp.render or {}, smp.dataset.root
         hit = self.renders.get(("bg", bid))
         if hit is not None:
             return hit
-        from training.synth_samples import sample_sources
-
         getter = getattr(self.ws, "background", None)
         stored = sample_sources(self.store, int(sample_id))  # real backgrounds: the dataset's spec
         if stored is not None:
@@ -85,8 +83,6 @@ class CurateService:
         if cached.get("size"):
             return int(cached["size"][0]), int(cached["size"][1])
         if cached.get("image"):
-            from anomseg.imageio import image_size
-
             p = Path(cached["image"])
             p = p if p.is_absolute() else Path(root) / p
             if p.is_file():
@@ -95,9 +91,6 @@ class CurateService:
         return (int(size[0]), int(size[1])) if size else None
 
     def _registry_background(self, bid: str, size: tuple[int, int] | None) -> Any:
-        import anomseg.world  # noqa: F401  (registers the procedural source)
-        from anomseg.synth.sources import BACKGROUND_SOURCES
-
         source = bid.split(":", 1)[0]
         builder = BACKGROUND_SOURCES.get(source)
         kw: dict[str, Any] = {}
@@ -111,15 +104,10 @@ class CurateService:
         getter = getattr(self.ws, "object_lookup", None)
         if callable(getter):
             return getter()
-        import anomseg.world  # noqa: F401  (registers the bank source)
-        from anomseg.synth.sources import OBJECT_SOURCES
-
         built: dict[str, Any] = {}
 
         def find(source: str, object_id: str) -> Any:
             if source not in built:
-                from training.synth_samples import object_source_for
-
                 # a source with options (COCO) is built from a synthetic dataset's stored spec
                 stored = object_source_for(self.store, source, object_id)
                 built[source] = stored or OBJECT_SOURCES.get(source)()
@@ -132,18 +120,11 @@ class CurateService:
         getter = getattr(self.ws, "object_ids", None)
         if callable(getter):
             return list(getter(source))[:limit]
-        import anomseg.world  # noqa: F401
-        from anomseg.synth.sources import OBJECT_SOURCES
-        from training.synth_samples import object_source_for
-
         stored = object_source_for(self.store, source)  # COCO: a synthetic dataset's spec
         return (stored or OBJECT_SOURCES.get(source)()).ids()[:limit]
 
     def _records(self, sample_id: int) -> list[tuple[int, str, Any]]:
         """(paste id, key, PasteRecord) of the live pastes of a sample."""
-        from anomseg.synth.records import PasteRecord
-        from db import pastes as dbpastes
-
         with self.store.read() as s:
             out = []
             for paste, rev in dbpastes.current_revisions(s, int(sample_id)):
@@ -153,9 +134,6 @@ class CurateService:
 
     def render_sample(self, sample_id: int) -> Any:
         """The sample rendered from its current records (cached by content)."""
-        from anomseg.synth.records import records_hash
-        from anomseg.synth.render import render as render_pastes
-
         bg = self._background(sample_id)
         recs = [r for _i, _k, r in self._records(sample_id)]
         key = ("render", bg.id, records_hash(recs))
@@ -169,8 +147,6 @@ class CurateService:
         self, sample_id: int, selected: str | None = None
     ) -> tuple[np.ndarray, Any, list[str]]:
         """(preview with paste outlines, pastes data frame, paste keys) of a sample."""
-        import pandas as pd
-
         rendered = self.render_sample(sample_id)
         live = self._records(sample_id)
         img = rendered.rgb.copy()
@@ -209,42 +185,17 @@ class CurateService:
 
     def paste_revisions(self, sample_id: int, key: str) -> int:
         """How many revisions a paste has (all of them, undone ones included)."""
-        from db import pastes as dbpastes
-
         with self.store.read() as s:
             paste = dbpastes.get_paste(s, int(sample_id), key)
             return len(dbpastes.paste_history(s, paste.id))
 
     def check_placement(self, bg: Any, record: Any) -> None:
-        """Raise InputError when a paste leaves the frame or does not stand on road/sidewalk."""
-        from anomseg.data.classes import TRAIN_ID
-        from anomseg.synth.geometry import placed_box, transform_mask
-
+        """Raise InputError when a paste leaves the frame or does not stand on the ground
+        (``anomseg.synth.placement.check_placement`` on the paste's own object)."""
         obj = self._lookup()(record.source, record.object_id)
-        mask = transform_mask(obj, record.scale, record.flip, record.rotation)
-        if mask.size == 0 or not mask.any():
-            raise InputError(
-                f"paste {record.object_id}: the object vanishes at scale {record.scale}"
-            )
-        H, W = bg.labels.shape
-        top, left, bottom, right = placed_box(record.x, record.y, *mask.shape)
-        if top < 0 or left < 0 or bottom > H or right > W:
-            raise InputError(
-                f"paste moved off the image: the object would span x {left}..{right}, "
-                f"y {top}..{bottom} of a {W}x{H} frame; move it further inside"
-            )
-        under = bg.labels[top:bottom, left:right][mask]
-        ids = [TRAIN_ID[c] for c in TARGET_CLASSES]
-        cover = float(np.isin(under, ids).mean())
-        if cover < MIN_ROAD_COVERAGE:
-            raise InputError(
-                f"paste moved off the road: only {cover:.0%} of the object stands on "
-                f"{' / '.join(TARGET_CLASSES)} (at least {MIN_ROAD_COVERAGE:.0%} needed); not saved"
-            )
+        placement.check_placement(bg.labels, record, obj)
 
     def _paste_id(self, sample_id: int, key: str) -> int:
-        from db import pastes as dbpastes
-
         with self.store.read() as s:
             return int(dbpastes.get_paste(s, int(sample_id), key).id)
 
@@ -252,9 +203,6 @@ class CurateService:
         self, sample_id: int, key: str, changes: dict[str, Any], author: str = ""
     ) -> int:
         """Apply field changes to a paste (validated, on the road) as a new revision; its number."""
-        from anomseg.synth.records import PasteRecord
-        from db import pastes as dbpastes
-
         current = PasteRecord.from_dict(self.paste_record(sample_id, key))
         new = current.replace(**changes)
         if new == current:
@@ -281,9 +229,6 @@ class CurateService:
         Training reads accepted samples from this cache; the revisions hash recorded with it
         tells training that the files match the current paste revisions.
         """
-        from anomseg.synth.render_cache import write_render_cache
-        from db import pastes as dbpastes
-
         rendered = self.render_sample(sample_id)
         with self.store.read() as s:
             smp = dbpastes.get_sample(s, int(sample_id))
@@ -300,8 +245,6 @@ class CurateService:
 
     def undo_paste(self, sample_id: int, key: str) -> int:
         """Step a paste back to its previous revision; returns the revision now current."""
-        from db import pastes as dbpastes
-
         paste_id = self._paste_id(sample_id, key)
         number = self.store.transact(lambda s: int(dbpastes.undo_paste(s, paste_id).number))
         self.refresh_render_cache(sample_id)
@@ -309,8 +252,6 @@ class CurateService:
 
     def redo_paste(self, sample_id: int, key: str) -> int:
         """Step a paste forward again after an undo."""
-        from db import pastes as dbpastes
-
         paste_id = self._paste_id(sample_id, key)
         number = self.store.transact(lambda s: int(dbpastes.redo_paste(s, paste_id).number))
         self.refresh_render_cache(sample_id)
@@ -318,22 +259,17 @@ class CurateService:
 
     def set_sample_status(self, sample_id: int, status: str) -> None:
         """Accept / reject / re-propose a sample."""
-        from db import pastes as dbpastes
-
         self.store.transact(
             lambda s: dbpastes.set_sample_status(s, int(sample_id), status) and None
         )
 
     def queue_generate(self, n: int, params: dict[str, Any] | None = None) -> int:
         """Queue a job that proposes ``n`` more synthetic samples; returns the job id."""
-        from db import catalog
-        from db.jobs import enqueue_job
-
         if not isinstance(n, int | float) or int(n) != n or not 1 <= int(n) <= 500:
             raise InputError(f"number of samples to generate: expected 1..500, got {n!r}")
         if not (params or {}).get("dataset"):
             with self.store.read() as s:  # refused here, not as a failed job after the fact
-                if not catalog.list_datasets(s, role="synthetic"):
+                if not dbcatalog.list_datasets(s, role="synthetic"):
                     raise InputError(
                         "no synthetic dataset is registered to add generated samples to. "
                         + REGISTER_TRAINING_HINT

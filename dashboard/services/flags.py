@@ -9,14 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from sqlalchemy.exc import IntegrityError
 
 from anomseg.cache import LRU
 from anomseg.errors import InputError
+from anomseg.imageio import read_image
 from dashboard import flag_layers, render
 from dashboard.services.catalog import CatalogService
 from dashboard.services.context import ServiceContext
 from dashboard.services.scores import ScoreService
 from dashboard.wording import method_label
+from db import catalog as dbcatalog
+from db import flags as dbflags
+from db.integrity import check_store, flag_problem
+from db.masks import decode_crop, encode_mask
+from db.models import check_uid
 
 PAINT_MAX_SIDE = 1024  # frames larger than this are painted on a downscaled copy
 ALPHA_THRESHOLD = 128  # a painted pixel counts when the brush covered at least half of it
@@ -120,8 +128,6 @@ class FlagService:
     def _flag_crops(self, image_id: int) -> list[tuple[str, Any]]:
         """(short kind, MaskCrop) of the image's flags; quarantined rows are left out, so one
         bad blob never hides the rest."""
-        from db import flags as dbflags
-
         out = []
         with self.store.read() as s:
             for f in dbflags.list_flags(s, image_id=int(image_id)):
@@ -138,8 +144,6 @@ class FlagService:
     def _decoded_crop(self, flag: Any) -> Any:
         """A flag's MaskCrop (None when its blob is corrupt), memoised by the blob's digest so
         a save does not decode every flag already on the image again."""
-        from db.masks import decode_crop
-
         blob = bytes(flag.mask)
         key = ("flag-crop", hashlib.blake2b(blob, digest_size=16).digest(), flag.width, flag.height)
         hit = self.crops.get(key)
@@ -153,8 +157,6 @@ class FlagService:
 
     def quarantine_markdown(self) -> str:
         """The store's corrupt rows (``db.integrity``) with id and reason, for the Flag tab."""
-        from db.integrity import check_store
-
         with self.store.read() as s:
             problems = check_store(s)
         if not problems:
@@ -189,23 +191,15 @@ class FlagService:
         ``token`` is the client's id of this save (stored as the flag's uid): a retry of a save
         whose answer was lost stores nothing new and answers the same flag id.
         """
-        from sqlalchemy.exc import IntegrityError
-
-        from db import catalog
-        from db import flags as dbflags
-        from db.models import Image, check_uid
-
         kind = FLAG_KIND_LABELS.get(kind, kind)
         if kind not in FLAG_KIND_SHORT:
             raise InputError(f"flag kind {kind!r}; expected one of {', '.join(FLAG_KIND_LABELS)}")
         if token is not None:
             check_uid(token, "flag save token")
         with self.store.read() as s:
-            img = s.get(Image, int(image_id))
-            if img is None:
-                raise InputError(f"image id {image_id} is not registered (deleted?)")
+            img = dbcatalog.get_image_by_id(s, image_id)
             full = (int(img.height), int(img.width))
-            model_id = catalog.get_model(s, model).id
+            model_id = dbcatalog.get_model(s, model).id
         frame, _ = render.fit_size(full, PAINT_MAX_SIDE)  # what flag_canvas gave the editor
         painted = editor_mask(editor_value, frame_hw=frame)
         mask = mask_to_full_size(painted, full)
@@ -249,36 +243,24 @@ class FlagService:
     def _saved_flag(self, token: str, image_id: int, mask: np.ndarray) -> tuple[int | None, bool]:
         """(id of the flag a save with ``token`` stored on this image with this ``mask`` or None,
         whether the token holds a flag of other strokes); a token of another image is refused."""
-        from sqlalchemy import select
-
-        from db.masks import encode_mask
-        from db.models import Flag
-
         with self.store.read() as s:
-            row = s.execute(
-                select(Flag.id, Flag.image_id, Flag.mask).where(Flag.uid == token)
-            ).first()
-        if row is None:
-            return None, False
-        if row.image_id != image_id:
+            flag = dbflags.find_flag_by_uid(s, token)
+            if flag is None:
+                return None, False
+            flag_id, flag_image, blob = int(flag.id), int(flag.image_id), bytes(flag.mask)
+        if flag_image != image_id:
             raise InputError(
-                f"flag save token {token!r} was already saved on image #{row.image_id}; "
+                f"flag save token {token!r} was already saved on image #{flag_image}; "
                 "a new save needs a new token (reload the page)"
             )
-        if bytes(row.mask) != encode_mask(mask):
+        if blob != encode_mask(mask):
             return None, True
-        return int(row.id), False
+        return flag_id, False
 
     def flags_frame(self, image_id: int | None = None, model: str | None = None):
         """Flags (of one image, or all) as a data frame, newest first."""
-        import pandas as pd
-
-        from db import catalog
-        from db import flags as dbflags
-        from db.integrity import flag_problem
-
         with self.store.read() as s:
-            model_id = catalog.get_model(s, model).id if model else None
+            model_id = dbcatalog.get_model(s, model).id if model else None
             rows = [
                 {
                     "id": f.id,
@@ -306,8 +288,6 @@ class FlagService:
 
     def flags_overlay(self, image_id: int, max_side: int = PAINT_MAX_SIDE) -> np.ndarray:
         """The stored image with its flags drawn in their kinds' colours."""
-        from anomseg.imageio import read_image
-
         _img, _ds, path = self.catalog.image_paths(image_id)
         rgb = read_image(path)
         (h, w), _ = render.fit_size(rgb.shape[:2], max_side)
@@ -317,8 +297,6 @@ class FlagService:
 
     def update_flag(self, flag_id: int, note: str | None = None, kind: str | None = None) -> None:
         """Edit a flag's note (and/or kind)."""
-        from db import flags as dbflags
-
         k = FLAG_KIND_LABELS.get(kind, kind) if kind else None
         self.store.transact(
             lambda s: dbflags.update_flag(s, int(flag_id), note=note, kind=k) and None
@@ -326,15 +304,9 @@ class FlagService:
 
     def delete_flag(self, flag_id: int) -> None:
         """Delete a flag."""
-        from db import flags as dbflags
-
         self.store.transact(lambda s: dbflags.delete_flag(s, int(flag_id)))
 
     def count_flags(self) -> int:
         """All flags in the store."""
-        from sqlalchemy import func, select
-
-        from db.models import Flag
-
         with self.store.read() as s:
-            return int(s.scalar(select(func.count(Flag.id))) or 0)
+            return dbflags.count_flags(s)

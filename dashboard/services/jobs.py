@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dashboard.services.context import ServiceContext
+from db import jobs as dbjobs
 
 
 @dataclass
@@ -35,14 +36,12 @@ class JobService:
 
     def job_state(self, job_id: int) -> JobState:
         """A job's status, progress and log tail, fresh from the store."""
-        from db.jobs import get_job, reap_dead_jobs
-
         with self.store.read() as s:
-            running = get_job(s, int(job_id)).status == "running"
+            running = dbjobs.get_job(s, int(job_id)).status == "running"
         if running:  # a poll that finds the worker dead ends the job instead of waiting on it
-            self.store.transact(lambda s: reap_dead_jobs(s))
+            self.store.transact(lambda s: dbjobs.reap_dead_jobs(s))
         with self.store.read() as s:
-            j = get_job(s, int(job_id))
+            j = dbjobs.get_job(s, int(job_id))
             return JobState(
                 j.id,
                 j.kind,
@@ -58,10 +57,8 @@ class JobService:
         self, kinds: Iterable[str] = ("train_head",), running_only: bool = False
     ) -> int | None:
         """The newest job of some kinds (only queued/running ones if asked)."""
-        from db.jobs import list_jobs
-
         with self.store.read() as s:
-            for j in list_jobs(s, limit=50):
+            for j in dbjobs.list_jobs(s, limit=50):
                 if j.kind not in kinds:
                     continue
                 if running_only and j.status not in ("queued", "running"):
@@ -71,6 +68,4 @@ class JobService:
 
     def cancel_job(self, job_id: int) -> None:
         """Cancel a queued job, or ask a running one to stop."""
-        from db.jobs import cancel_job
-
-        self.store.transact(lambda s: cancel_job(s, int(job_id)) and None)
+        self.store.transact(lambda s: dbjobs.cancel_job(s, int(job_id)) and None)

@@ -8,14 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from anomseg import protocol
 from anomseg.cache import LRU
 from anomseg.errors import InputError
+from anomseg.head_methods import head_version
+from anomseg.metrics import AnomalyMetrics
 from dashboard.services.catalog import CatalogService
 from dashboard.services.context import ServiceContext
 from dashboard.services.formatting import finite, pct, round_pct
 from dashboard.services.scores import ScoreService
 from dashboard.wording import method_label
+from db import catalog as dbcatalog
+from db import heads as dbheads
+from db import results as dbresults
+from db.jobs import enqueue_job
 
 
 class LeaderboardService:
@@ -35,19 +43,13 @@ class LeaderboardService:
         method_filter: str = "",
     ):
         """Latest result per model x method x dataset, metrics in percent."""
-        import pandas as pd
-
-        from db import catalog
-        from db import heads as dbheads
-        from db import results as dbresults
-
         with self.store.read() as s:
             rows = dbresults.leaderboard(s)
-            model_meta = {m.name: (m.meta or {}) for m in catalog.list_models(s)}
+            model_meta = {m.name: (m.meta or {}) for m in dbcatalog.list_models(s)}
             # a head row says how its head was trained and applied (recipe · geometry)
             setups = {
                 (m.name, f"head:{h.version}"): _head_setup(h.kind, h.hparams or {})
-                for m in catalog.list_models(s)
+                for m in dbcatalog.list_models(s)
                 for h in dbheads.list_head_versions(s, m.id)
             }
         out = []
@@ -109,26 +111,22 @@ class LeaderboardService:
         """(image id, name, per-image ``key``) of a result's k worst images, worst first
         (``key``: auprc, or siou / ppv / f1_mean for the component metrics).
 
-        Uses the per-image figures stored with the result; a result stored without them (e.g. a
-        head evaluated by the trainer) is scored here from the cached maps instead.
+        Reads the per-image figures stored with the result (every evaluation path records them:
+        ``db.results.record_eval_rows``); a result stored without them is refused with what to do,
+        never re-scored here.
         """
-        from sqlalchemy import select
-
-        from db.models import EvalResult, Image
-
         with self.store.read() as s:
-            res = s.get(EvalResult, int(result_id))
-            if res is None:
-                raise InputError(f"evaluation result id {result_id} does not exist")
+            res = dbresults.get_result(s, result_id)
             per = res.per_image or []
-            method, dataset_id, model = res.method, res.dataset_id, res.model.name
-            imgs = s.execute(
-                select(Image.id, Image.path).where(Image.dataset_id == res.dataset_id)
-            ).all()
-        if not per and key == "auprc":
-            return self._worst_live(model, method, dataset_id, k)
-        by_stem = {Path(p).stem: int(i) for i, p in imgs}
-        by_name = {Path(p).name: int(i) for i, p in imgs}
+            what = f"{method_label(res.method)} on {res.dataset.name}"
+            imgs = dbcatalog.image_ids_and_paths(s, res.dataset_id)
+        if not per:
+            raise InputError(
+                f"no per-image values stored for {what} (result #{result_id}): evaluate it "
+                "again (Leaderboard: Evaluate model) to see its worst images"
+            )
+        by_stem = {Path(p).stem: i for i, p in imgs}
+        by_name = {Path(p).name: i for i, p in imgs}
         scored = []
         for row in per:
             name = str(row.get("name", ""))
@@ -143,46 +141,21 @@ class LeaderboardService:
     def protocol_differences(self, result_id: int, others: Sequence[int]) -> list[str]:
         """'these rows differ in protocol' lines: for each other result whose protocol card
         differs from this one's, its model / method and the differing fields."""
-        from anomseg.protocol import differences
-        from db.models import EvalResult
-
         with self.store.read() as s:
-            res = s.get(EvalResult, int(result_id))
-            if res is None:
-                raise InputError(f"evaluation result id {result_id} does not exist")
+            res = dbresults.get_result(s, result_id)
             mine = (res.params or {}).get("protocol")
             lines = []
             for oid in others:
-                o = s.get(EvalResult, int(oid))
-                if o is None or o.id == res.id:
+                if int(oid) == res.id:
                     continue
-                diff = differences(mine, (o.params or {}).get("protocol"))
+                try:
+                    o = dbresults.get_result(s, oid)
+                except InputError:  # deleted since the table was drawn
+                    continue
+                diff = protocol.differences(mine, (o.params or {}).get("protocol"))
                 if diff:
                     lines.append(f"{o.model.name} · {o.method}: " + "; ".join(diff))
         return lines
-
-    def _worst_live(
-        self, model: str, spec: str, dataset_id: int, k: int, max_images: int = 60
-    ) -> list[tuple[int, str, float | None]]:
-        from anomseg import scoring
-
-        if spec.startswith("head:"):
-            name, params = spec, {}
-        else:
-            name, params = scoring.parse_method(spec)
-        scored = []
-        for fname, image_id in self.catalog.image_names(dataset_id)[:max_images]:
-            view = self.scores.load_view(model, image_id)
-            if view.gt_score is None or not (view.gt_score == 1).any():
-                continue
-            got_spec, amap = self.scores.score_maps(model, view, [name], {name: params})[name]
-            met = self.scores.image_metrics(
-                (self.catalog.model_key(model), view.sha256, got_spec), amap, view.gt_score
-            )
-            if met["auprc"] is not None:
-                scored.append((image_id, fname, met["auprc"]))
-        scored.sort(key=lambda t: t[2])
-        return scored[:k]
 
     def pr_curves(
         self,
@@ -194,8 +167,6 @@ class LeaderboardService:
         progress: Callable[[float, str], None] | None = None,
     ) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """Precision-recall curves of several methods on a dataset (computed once, cached)."""
-        from anomseg.metrics import AnomalyMetrics
-
         images = self.catalog.image_names(dataset_id)[:max_images]
         key = (
             "pr",
@@ -231,42 +202,32 @@ class LeaderboardService:
 
     def head_comparison(self, model: str):
         """Head versions x eval datasets (long format: version, dataset, AuPRC, FPR95)."""
-        import pandas as pd
-
-        from db import catalog
-        from db import results as dbresults
-
         with self.store.read() as s:
-            m = catalog.get_model(s, model)
+            m = dbcatalog.get_model(s, model)
             rows = [
                 {
-                    "version": int(r["method"].split(":", 1)[1]),
+                    "version": head_version(r["method"]),
                     "dataset": r["dataset"],
                     "AuPRC": round_pct(r.get("auprc")),
                     "FPR95": round_pct(r.get("fpr95")),
                 }
                 for r in dbresults.leaderboard(s, model_ids=[m.id])
-                if r["method"].startswith("head:") and r["method"].split(":", 1)[1].isdigit()
+                if head_version(r["method"]) is not None
             ]
         df = pd.DataFrame(rows, columns=["version", "dataset", "AuPRC", "FPR95"])
         return df.sort_values(["dataset", "version"]).reset_index(drop=True)
 
     def queue_evaluate(self, model: str) -> int:
         """Queue an evaluation of a model's methods on every eval dataset; returns the job id."""
-        from db import catalog
-        from db.jobs import enqueue_job
-
         with self.store.read() as s:
-            catalog.get_model(s, model)  # unknown model -> InputError before anything is queued
-            if not catalog.list_datasets(s, role="eval"):
+            dbcatalog.get_model(s, model)  # unknown model -> InputError before anything is queued
+            if not dbcatalog.list_datasets(s, role="eval"):
                 raise InputError("no evaluation dataset is registered (see `anomseg add-dataset`)")
         return self.store.transact(lambda s: int(enqueue_job(s, "evaluate", {"model": model}).id))
 
 
 def _protocol_summary(card: Any) -> str:
-    from anomseg.protocol import summary
-
-    return summary(card) if isinstance(card, dict) else ""
+    return protocol.summary(card) if isinstance(card, dict) else ""
 
 
 def _miou(row: dict[str, Any], model_meta: dict[str, Any]) -> float | None:

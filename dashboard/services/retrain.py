@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from anomseg.errors import InputError
 from dashboard.services.context import ServiceContext
 from dashboard.services.formatting import round_pct
 from dashboard.wording import REGISTER_TRAINING_HINT
+from db import catalog as dbcatalog
+from db import flags as dbflags
+from db import heads as dbheads
+from db import pastes as dbpastes
+from db import results as dbresults
+from training.trainer import TrainConfig
+from workbench.jobs import enqueue_training
 
 
 class RetrainService:
@@ -20,12 +29,8 @@ class RetrainService:
 
     def training_summary(self, model: str) -> str:
         """Markdown: what the next training set of a model's head holds."""
-        from db import catalog
-        from db import flags as dbflags
-        from db import pastes as dbpastes
-
         with self.store.read() as s:
-            m = catalog.get_model(s, model)
+            m = dbcatalog.get_model(s, model)
             counts = dbpastes.sample_counts(s)
             fc = dbflags.flag_counts(s, m.id)
         lines = [
@@ -63,9 +68,6 @@ class RetrainService:
         Options left at None take training.trainer.TrainConfig's defaults (as `anomseg train`);
         the learning rate and weight decay default to the recipe's.
         """
-        from training.trainer import TrainConfig
-        from workbench.jobs import enqueue_training
-
         d = TrainConfig(
             recipe=recipe or TrainConfig.recipe,
             head_geometry=head_geometry or TrainConfig.head_geometry,
@@ -87,11 +89,9 @@ class RetrainService:
         try:
             return enqueue_training(self.store, params)
         except InputError as exc:
-            from db import catalog
-
             with self.store.read() as s:
                 has_training_sets = any(
-                    catalog.list_datasets(s, role=r) for r in ("train", "synthetic")
+                    dbcatalog.list_datasets(s, role=r) for r in ("train", "synthetic")
                 )
             if has_training_sets:
                 raise
@@ -99,16 +99,11 @@ class RetrainService:
 
     def head_history(self, model: str):
         """A model's head versions, newest first, with their evaluation figures."""
-        import pandas as pd
-
-        from db import catalog
-        from db import heads as dbheads
-        from db import results as dbresults
-
         with self.store.read() as s:
-            m = catalog.get_model(s, model)
+            m = dbcatalog.get_model(s, model)
             heads = dbheads.list_head_versions(s, m.id)
             board = dbresults.leaderboard(s, model_ids=[m.id])
+            version_of = {h.id: h.version for h in heads}  # a parent is a version of this model
             rows = []
             for h in heads:
                 mine = [r for r in board if r["method"] == f"head:{h.version}"]
@@ -118,7 +113,7 @@ class RetrainService:
                     "kind": h.kind,
                     "status": h.status,
                     "active": "●" if h.active else "",
-                    "parent": "" if h.parent_id is None else self._version_of(s, h.parent_id),
+                    "parent": "" if h.parent_id is None else version_of.get(h.parent_id, "?"),
                     "recipe": hp.get("recipe", "default"),  # versions before recipes: ours
                     "geometry": hp.get("head_geometry", "stitched"),
                     "epochs": hp.get("epochs"),
@@ -131,20 +126,10 @@ class RetrainService:
                 rows.append(row)
         return pd.DataFrame(rows)
 
-    @staticmethod
-    def _version_of(s: Any, head_id: int) -> int | str:
-        from db.models import HeadVersion
-
-        h = s.get(HeadVersion, head_id)
-        return h.version if h is not None else "?"
-
     def head_versions(self, model: str, ready_only: bool = True) -> list[int]:
         """Version numbers of a model's heads, newest first."""
-        from db import catalog
-        from db import heads as dbheads
-
         with self.store.read() as s:
-            m = catalog.get_model(s, model)
+            m = dbcatalog.get_model(s, model)
             return [
                 h.version
                 for h in dbheads.list_head_versions(s, m.id)
@@ -153,22 +138,18 @@ class RetrainService:
 
     def activate_head(self, model: str, version: int) -> None:
         """Make one head version the model's active head."""
-        from db import catalog
-        from db import heads as dbheads
 
         def write(s: Any) -> None:
-            m = catalog.get_model(s, model)
+            m = dbcatalog.get_model(s, model)
             dbheads.activate_head(s, dbheads.get_head_version(s, m.id, int(version)).id)
 
         self.store.transact(write)
 
     def rollback_head(self, model: str) -> int:
         """Activate the parent of the active head; returns the version now active."""
-        from db import catalog
-        from db import heads as dbheads
 
         def write(s: Any) -> int:
-            m = catalog.get_model(s, model)
+            m = dbcatalog.get_model(s, model)
             return int(dbheads.rollback_head(s, m.id).version)
 
         return self.store.transact(write)

@@ -10,13 +10,20 @@ from typing import Any
 
 import numpy as np
 
+from anomseg import scoring
 from anomseg.cache import LRU
+from anomseg.data.benchmark import read_anomaly_label
 from anomseg.errors import AnomsegError, InputError
+from anomseg.imageio import read_image, resize_image, resize_label
+from anomseg.metrics import per_image
+from anomseg.models import get_model_entry
+from anomseg.models.heads import head_scorer, load_head
 from dashboard import render
 from dashboard.services.catalog import CatalogService
 from dashboard.services.context import ServiceContext
 from dashboard.services.formatting import finite
-from db import catalog
+from db import catalog as dbcatalog
+from db import heads as dbheads
 
 DISPLAY_MAX_SIDE = 1024  # the full-size view and the painting frame
 # Post-hoc scorers shown by default; the uncertainty statistics (head inputs) can be ticked.
@@ -89,9 +96,6 @@ class ScoreService:
 
     def method_choices(self, model: str) -> list[MethodChoice]:
         """Post-hoc scorers that apply to this model, then its ready head versions (newest first)."""
-        from anomseg import scoring
-        from db import heads as dbheads
-
         needs_mask = self._is_mask_model(model)
         out: list[MethodChoice] = []
         for spec in scoring.list_scorers():
@@ -112,7 +116,7 @@ class ScoreService:
                 )
             )
         with self.store.read() as s:
-            m = catalog.get_model(s, model)
+            m = dbcatalog.get_model(s, model)
             for h in dbheads.list_head_versions(s, m.id):
                 if h.status != "ready":
                     continue
@@ -129,8 +133,6 @@ class ScoreService:
     @staticmethod
     def param_choices() -> list[ParamChoice]:
         """Every numeric parameter of every post-hoc scorer (one slider each)."""
-        from anomseg import scoring
-
         out = []
         for spec in scoring.list_scorers():
             if ":" in spec.name:
@@ -151,11 +153,9 @@ class ScoreService:
 
     def _is_mask_model(self, model: str) -> bool:
         with self.store.read() as s:
-            m = catalog.get_model(s, model)
+            m = dbcatalog.get_model(s, model)
             arch = m.architecture
         try:
-            from anomseg.models import get_model_entry
-
             entry = get_model_entry(arch)
             return "eomt" in entry.name.lower()
         except AnomsegError:
@@ -164,8 +164,6 @@ class ScoreService:
     @staticmethod
     def method_spec(name: str, params: dict[str, dict[str, float]] | None = None) -> str:
         """Canonical spec of a method with its current parameters (``msp:T=2.0``)."""
-        from anomseg import scoring
-
         if name.startswith("head:"):
             return name
         mine = (params or {}).get(name, {})
@@ -173,8 +171,6 @@ class ScoreService:
 
     def load_view(self, model: str, image_id: int) -> ImageView:
         """The image (and ground truth) as ``model`` scores it, plus a display copy; cached."""
-        from anomseg.imageio import read_image, resize_image, resize_label
-
         mkey = self.catalog.model_key(model)
         img, ds, path = self.catalog.image_paths(image_id)
         key = (mkey, img.sha256, int(image_id))
@@ -182,7 +178,7 @@ class ScoreService:
         if view is not None:
             return view
         rgb = read_image(path)
-        gt = self.catalog.label_for(ds, img)
+        gt = read_anomaly_label(ds.root, img.path, ds.label_remap)
         size = self._scoring_size(model, rgb.shape[:2])
         disp, _ = render.fit_size(rgb.shape[:2], DISPLAY_MAX_SIDE)
         view = ImageView(
@@ -210,8 +206,6 @@ class ScoreService:
 
     def _predict_image(self, model: str, image_id: int) -> Any:
         """The model's Prediction for a stored image (the workspace predictor caches it)."""
-        from anomseg.imageio import read_image
-
         _, _, path = self.catalog.image_paths(image_id)
         rgb = read_image(path)
         predictor = self.ws.predictor(model)
@@ -224,11 +218,8 @@ class ScoreService:
         return pred
 
     def _head_fn(self, model: str, version: int) -> tuple[Callable[[Any], np.ndarray], str]:
-        from anomseg.models.heads import head_scorer, load_head
-        from db import heads as dbheads
-
         with self.store.read() as s:
-            m = catalog.get_model(s, model)
+            m = dbcatalog.get_model(s, model)
             h = dbheads.get_head_version(s, m.id, int(version))
             if h.status != "ready" or not h.checkpoint_path:
                 raise InputError(f"head v{version} of {model!r} is {h.status!r}, not ready")
@@ -245,8 +236,6 @@ class ScoreService:
         return fn, sha
 
     def _score(self, model: str, pred: Any, name: str, params: dict | None) -> np.ndarray:
-        from anomseg import scoring
-
         if name.startswith("head:"):
             version = name.split(":", 1)[1].lstrip("v")
             if not version.isdigit():
@@ -299,8 +288,6 @@ class ScoreService:
         hit = self.ctx.metrics.get(("img", *key))
         if hit is not None:
             return hit
-        from anomseg.metrics import per_image
-
         res = per_image(amap, gt)
         out = {"auprc": finite(res.get("auprc")), "fpr95": finite(res.get("fpr95"))}
         self.ctx.metrics.put(("img", *key), out)
