@@ -190,7 +190,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def image_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file's bytes."""
+    """sha256 hex digest of a file's bytes: THE identity of an image file, the same in the
+    store (``Image.sha256``), the Predictor's cache, the feature cache and the protocol card."""
     path = Path(path)
     _check_file(path)
     return file_sha256(path)
@@ -219,6 +220,19 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == (h, w):
         return image
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def resize_scores(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (half-pixel centres, no antialias: ``F.interpolate`` as methods upsample
+    their maps) of an (H, W) float map to ``hw``; float32 out."""
+    s = np.asarray(scores, dtype=np.float32)
+    if s.shape == tuple(hw):
+        return s
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(s))[None, None]
+    return F.interpolate(t, size=tuple(hw), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:

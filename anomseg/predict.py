@@ -29,7 +29,7 @@ from PIL import Image
 
 from anomseg.cache import LRU
 from anomseg.errors import InputError
-from anomseg.imageio import array_sha256, pil_to_rgb, read_image, resize_image
+from anomseg.imageio import array_sha256, image_sha256, pil_to_rgb, read_image, resize_image
 from anomseg.prediction import Prediction
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -91,6 +91,17 @@ def model_fingerprint(model: torch.nn.Module) -> str:
             h.update(head.tobytes())
             h.update(np.float64(flat.double().sum().item()).tobytes())
     return h.hexdigest()[:16]
+
+
+def image_identity(image: ImageLike, arr: np.ndarray, given: str | None = None) -> str:
+    """The cache identity of an image: the sha256 of its file (``given``, or read from a path),
+    as the store keys images; only an image that never was a file (an upload in memory, a
+    render) is named by its pixels."""
+    if given:
+        return given
+    if isinstance(image, str | os.PathLike):
+        return image_sha256(image)
+    return array_sha256(arr)
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:
@@ -363,11 +374,20 @@ class Predictor:
 
     # ------------------------------------------------------------------ public
 
-    def predict(self, image: ImageLike) -> Prediction:
-        """The Prediction for one image (array, PIL image or path); cached."""
-        return self.predict_many([image], batch_size=1)[0]
+    def predict(self, image: ImageLike, image_sha256: str | None = None) -> Prediction:
+        """The Prediction for one image (array, PIL image or path); cached.
 
-    def predict_many(self, images: Iterable[ImageLike], batch_size: int = 4) -> list[Prediction]:
+        ``image_sha256``: the image's identity when the caller knows it (the store's
+        ``Image.sha256`` of the file an array was read from); see ``image_identity``.
+        """
+        return self.predict_many([image], batch_size=1, image_sha256s=[image_sha256])[0]
+
+    def predict_many(
+        self,
+        images: Iterable[ImageLike],
+        batch_size: int = 4,
+        image_sha256s: Sequence[str | None] | None = None,
+    ) -> list[Prediction]:
         """Predictions for many images, in order; cache hits skip the model, misses are batched."""
         if batch_size < 1:
             raise InputError(f"batch size {batch_size}; expected >= 1")
@@ -375,12 +395,19 @@ class Predictor:
         misses: list[tuple[np.ndarray, tuple, dict]] = []
         miss_pos: list[int] = []
         pending: dict[tuple, int] = {}  # a repeated image in one call runs once
-        for image in images:
+        images = list(images)
+        known = list(image_sha256s) if image_sha256s is not None else [None] * len(images)
+        if len(known) != len(images):
+            raise InputError(f"{len(known)} image hashes for {len(images)} images")
+        for image, given in zip(images, known, strict=True):
             arr = to_rgb_array(image)
-            digest = array_sha256(arr)
+            digest = image_identity(image, arr, given)
             size = self.target_size(arr.shape[:2])
             key = self._key(digest, size)
             hit = self.cache.get(key)
+            if hit is None and key not in pending and (given or isinstance(image, str | os.PathLike)):
+                # the same pixels scored before as a bare array, named by its pixels
+                hit = self.cache.get(self._key(array_sha256(arr), size))
             if hit is None and key in pending:
                 out.append(None)
                 miss_pos.append(pending[key])

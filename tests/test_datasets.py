@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from anomseg.data import (
 from anomseg.data.classes import LABEL_ID_TO_TRAIN_ID
 from anomseg.errors import DatasetError
 from anomseg.imageio import array_sha256
+from db.catalog import sha256_file
 
 RNG = np.random.default_rng(1)
 
@@ -182,7 +184,10 @@ def test_resize_pair_and_tensor_wrapper(tmp_path):
     assert np.array_equal(lab, ref)
     wrapped = PairTensorDataset(BenchmarkDataset(root), (16, 24))
     im2, lab2, name, digest, hw = wrapped[1]
-    assert name == "1" and hw == (30, 50) and digest == array_sha256(images[1])
+    # the image identity is its file's sha256 (what the store records), not a pixel hash
+    file_bytes = (root / "images" / "1.png").read_bytes()
+    assert name == "1" and hw == (30, 50) and digest == hashlib.sha256(file_bytes).hexdigest()
+    assert digest == sha256_file(root / "images" / "1.png") != array_sha256(images[1])
     r_im, r_lab = resize_pair(images[1], labels[1], (16, 24))
     assert np.array_equal(im2, r_im) and np.array_equal(lab2, r_lab)
 

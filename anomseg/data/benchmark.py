@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from anomseg.errors import DatasetError, InputError
-from anomseg.imageio import array_sha256, image_size, read_image, read_label, resize_image
+from anomseg.imageio import image_sha256, image_size, read_image, read_label, resize_image
 from anomseg.imageio import resize_label as _resize_label
 from anomseg.labels import ANOMALY, IGNORE, NORMAL
 from anomseg.registry import Registry
@@ -315,8 +315,9 @@ class PairTensorDataset:
     """A torch-style Dataset over a ``PairedDataset`` for DataLoader workers.
 
     Each item is ``(image uint8 (H, W, 3), label uint8 (H, W) or None, name, sha256 of the
-    original image pixels, original (H, W))``: images are decoded, hashed (the prediction cache key) and resized to ``size``
-    inside the worker; labels are resized with nearest neighbour to the same size.
+    image file (the image identity the store and the prediction cache share), original (H,
+    W))``: images are decoded, hashed and resized to ``size`` inside the worker; labels are
+    resized with nearest neighbour to the same size.
     """
 
     def __init__(self, dataset: PairedDataset, size: tuple[int, int] | None) -> None:
@@ -330,7 +331,7 @@ class PairTensorDataset:
         self, i: int
     ) -> tuple[np.ndarray, np.ndarray | None, str, str, tuple[int, int]]:
         image, label = self.dataset.read_pair(i)
-        digest = array_sha256(image)
+        digest = image_sha256(self.dataset.samples[i].image_path)
         hw = (int(image.shape[0]), int(image.shape[1]))
         image, label = resize_pair(image, label, self.size)
         return image, label, self.dataset.samples[i].name, digest, hw
