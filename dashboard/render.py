@@ -248,12 +248,6 @@ def greyscale(rgb: np.ndarray) -> np.ndarray:
     return np.repeat(g[..., None], 3, axis=2)
 
 
-def threshold_mask_image(score: np.ndarray, threshold: float) -> np.ndarray:
-    """Black/white (H, W, 3) uint8 image of ``score >= threshold``."""
-    m = (np.asarray(score) >= threshold).astype(np.uint8) * 255
-    return np.repeat(m[..., None], 3, axis=2)
-
-
 def flag_overlay(
     rgb: np.ndarray, masks: Sequence[tuple[str, np.ndarray]], alpha: float = 0.45
 ) -> np.ndarray:
@@ -280,15 +274,6 @@ def colorbar_stops(
         a = float(np.clip(opacity, 0, 1)) * t
         out.append(tuple(int(round(grey * (1 - a) + v * a)) for v in c))
     return out
-
-
-def colorbar(
-    vmin: float, vmax: float, cmap: str = "inferno", size: tuple[int, int] = (12, 256)
-) -> np.ndarray:
-    """A horizontal colour bar image (H, W, 3) for a panel legend."""
-    h, w = size
-    ramp = np.tile(np.linspace(vmin, vmax, w, dtype=np.float32), (h, 1))
-    return colorize(ramp, vmin, vmax, cmap)
 
 
 # --------------------------------------------------------------------------- plots

@@ -151,18 +151,6 @@ def activate_head(session: Session, head_id: int) -> HeadVersion:
     return head
 
 
-def deactivate_heads(session: Session, model_id: int) -> None:
-    """No active head for this model (the app falls back to post-hoc scorers)."""
-    _lock_model(session, model_id)
-    session.execute(
-        update(HeadVersion)
-        .where(HeadVersion.model_id == model_id, HeadVersion.active.is_(True))
-        .values(active=False)
-        .execution_options(synchronize_session="fetch")
-    )
-    session.flush()
-
-
 def active_head(session: Session, model_id: int) -> HeadVersion | None:
     """The model's active head, if any."""
     return session.scalar(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,23 +204,6 @@ class FeatureCache:
             )
         self.counters.computed.append(image_hash)
         return self.put_prediction(model_key, image_hash, pred)
-
-    def ensure(
-        self,
-        model_key: str,
-        size: tuple[int, int],
-        items: Iterable[tuple[str, Callable[[], Any]]],
-        progress: Callable[[float, str], None] | None = None,
-    ) -> dict[str, CachedFeatures]:
-        """``get_or_compute`` for many ``(image hash, compute)`` pairs -> {image hash: entry}."""
-        items = list(items)
-        out: dict[str, CachedFeatures] = {}
-        for i, (image_hash, compute) in enumerate(items):
-            if image_hash not in out:
-                out[image_hash] = self.get_or_compute(model_key, image_hash, size, compute)
-            if progress is not None:
-                progress((i + 1) / max(len(items), 1), f"features {i + 1}/{len(items)}")
-        return out
 
     def size_on_disk(self) -> int:
         """Total bytes of the cache files under the root."""

@@ -87,10 +87,6 @@ class LabelledBackgrounds:
         """Image stems in natural order."""
         return list(self._ids)
 
-    def raw_labels(self, background_id: str) -> np.ndarray:
-        """The label map as stored (the dataset's own values, not resized)."""
-        return read_label(self._item(background_id)[1])
-
     def _item(self, background_id: str) -> tuple[Path, Path]:
         item = self._items.get(background_id)
         if item is None:
