@@ -7,7 +7,6 @@ row's options, stored input size and checkpoint are read the same way everywhere
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ def build_model(spec: ModelSpec) -> Any:
     opts = dict(spec.options)
     # the stored input size goes to the builder unless the options name one (or it takes none)
     if spec.input_size is not None and "input_size" not in opts:
-        if _accepts(spec.architecture, "input_size"):
+        if get_model_entry(spec.architecture).accepts("input_size"):
             opts["input_size"] = tuple(spec.input_size)
     return create_model(spec.architecture, checkpoint=spec.checkpoint_path, **opts)
 
@@ -115,12 +114,6 @@ class PredictorPool:
             while len(self._predictors) > self.max_models:
                 self._predictors.popitem(last=False)
         return pred
-
-
-def _accepts(architecture: str, option: str) -> bool:
-    """Whether a registered model builder takes a keyword argument."""
-    params = inspect.signature(get_model_entry(architecture).builder).parameters
-    return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def tuple_options(options: dict) -> dict:
