@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from collections.abc import Sequence
@@ -38,11 +37,6 @@ def safe_upload_name(data_hash: str, suffix: str = ".png") -> str:
     if not all(c in "0123456789abcdef" for c in data_hash) or len(data_hash) < 16:
         raise InputError("internal error: upload hash is not hexadecimal")
     return f"{data_hash[:32]}{suffix}"
-
-
-def content_digest(data: bytes) -> str:
-    """sha256 hex of bytes (uploads are named by it)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 class CatalogService:
