@@ -24,7 +24,7 @@ import numpy as np
 
 from anomseg.data.benchmark import ANOMALY, PairedDataset
 from anomseg.errors import InputError
-from anomseg.imageio import resize_label
+from anomseg.imageio import resize_label, resize_scores
 
 METRIC_MODES = ("exact", "streaming", "smiyc")
 # where maps and labels meet: "input" = the label resized (nearest) to the map (the seed's
@@ -253,8 +253,6 @@ class DatasetEval:
             t0 = time.perf_counter()
             s = method_scores(sname, params, prediction, extra)
             if self.score_size == "label":
-                from anomseg.scoremaps import resize_scores
-
                 s, lab = resize_scores(s, native.shape), native
             else:
                 lab = _label_at(label, s.shape)
@@ -345,6 +343,24 @@ class DatasetEval:
                 )
             )
         return rows
+
+
+def merge_on_rank0(obj: Any, group: Any = None) -> Any:
+    """Gather a mergeable object (anything with ``merge(other)``) from every rank onto rank 0
+    and merge them there in rank order; rank 0 gets the merged object, the others None.
+    (Here, not in ``anomseg.distributed``: that module runs ``evaluate`` in its ranks.)"""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    parts: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(obj, parts, dst=0, group=group)
+    if parts is None:
+        return None
+    merged = parts[0]
+    for other in parts[1:]:
+        merged.merge(other)
+    return merged
 
 
 class _Background:
@@ -472,8 +488,6 @@ def evaluate(
             bar.close()
         acc.wall_seconds = time.perf_counter() - t_start
         if world > 1:
-            from anomseg.distributed import merge_on_rank0
-
             acc = merge_on_rank0(acc)
             if acc is None:  # not rank 0: its shard now lives in rank 0's result
                 continue

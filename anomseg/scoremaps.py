@@ -28,6 +28,7 @@ import numpy as np
 
 from anomseg.atomic import atomic_write
 from anomseg.errors import InputError
+from anomseg.imageio import resize_scores  # beside resize_label: evaluate needs it too
 from anomseg.registry import Registry
 
 # dataset folder name (case-insensitive) -> the official evaluator's dataset name
@@ -48,19 +49,6 @@ def method_dir_name(method: str) -> str:
     if name in ("", ".", ".."):
         raise InputError(f"method name {method!r} cannot name a folder")
     return name
-
-
-def resize_scores(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize (half-pixel centres, no antialias: ``F.interpolate`` as methods upsample
-    their maps) of an (H, W) float map to ``hw``; float32 out."""
-    s = np.asarray(scores, dtype=np.float32)
-    if s.shape == tuple(hw):
-        return s
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(s))[None, None]
-    return F.interpolate(t, size=tuple(hw), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def _write_hdf5(path: Path, scores: np.ndarray) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from anomseg import settings
 from anomseg.errors import InputError
+from workbench.cli.eval_rows import check_out, format_table, parse_remap, write_rows
 
 EXTERNAL_MODEL = "external"
 
@@ -68,7 +69,6 @@ def run_scores(args: argparse.Namespace) -> int:
     from anomseg.evaluate import check_metric_mode
     from anomseg.external import check_name, evaluate_maps
     from anomseg.scoremaps import find_map_folder
-    from workbench.cli.eval_cmd import check_out, format_table, parse_remap, write_rows
 
     name = check_name(args.name)
     check_metric_mode(args.metric_mode)
