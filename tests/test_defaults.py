@@ -37,6 +37,10 @@ def test_anomseg_train_defaults_are_train_config_and_shown_in_help(capsys):
         main(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert f"(default: {d.fp_weight})" in help_text and f"(default: {d.epochs})" in help_text
+    from training.recipes import RECIPES
+
+    # the learning rate's default is the recipe's: --help names each recipe's value
+    assert f"recipe's (default {d.lr:g}, seed {RECIPES.get('seed').lr:g})" in help_text
 
 
 def test_the_retrain_tab_request_uses_train_config_defaults(tmp_path):

@@ -42,11 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.head_geometry,
         help="apply the head per EoMT window before stitching, or once on the stitched maps",
     )
+    # lr / weight decay default to the chosen recipe's (TrainConfig fills them in): name them
+    per_recipe = {k: RECIPES.get(k) for k in RECIPES.names()}
+    lrs = ", ".join(f"{k} {r.lr:g}" for k, r in per_recipe.items())
+    wds = ", ".join(f"{k} {r.weight_decay:g}" for k, r in per_recipe.items())
     parser.add_argument(
-        "--lr", type=float, default=None, help="AdamW learning rate; None: the recipe's"
+        "--lr", type=float, default=None, help=f"AdamW learning rate; None: the recipe's ({lrs})"
     )
     parser.add_argument(
-        "--weight-decay", type=float, default=None, help="AdamW weight decay; None: the recipe's"
+        "--weight-decay",
+        type=float,
+        default=None,
+        help=f"AdamW weight decay; None: the recipe's ({wds})",
     )
     parser.add_argument(
         "--batch-pixels",
