@@ -3,7 +3,7 @@ and the scored maps (cached by model, image and method spec), shared by every ta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,10 @@ from anomseg import scoring
 from anomseg.cache import LRU
 from anomseg.data.benchmark import read_anomaly_label
 from anomseg.errors import AnomsegError, InputError
+from anomseg.head_methods import HeadRef, HeadScorers, head_method, is_head_method, require_version
 from anomseg.imageio import read_image, resize_image, resize_label
 from anomseg.metrics import per_image
-from anomseg.models import get_model_entry
-from anomseg.models.heads import head_scorer, load_head
+from anomseg.models import model_kind
 from dashboard import render
 from dashboard.services.catalog import CatalogService
 from dashboard.services.context import ServiceContext
@@ -91,7 +91,8 @@ class ScoreService:
         self.store = ctx.store
         self.catalog = catalog
         self.views = LRU(max_items=12)
-        self.heads = LRU(max_items=16)
+        # the learned heads, resolved through the store (loaded once per checkpoint file)
+        self.heads = HeadScorers(max_items=16)
         self.forward_count = 0
 
     def method_choices(self, model: str) -> list[MethodChoice]:
@@ -152,19 +153,19 @@ class ScoreService:
         return out
 
     def _is_mask_model(self, model: str) -> bool:
+        """The registry's kind of the model's architecture (an unregistered one, e.g. external
+        scores, has no forward pass: no mask-only method applies)."""
         with self.store.read() as s:
-            m = dbcatalog.get_model(s, model)
-            arch = m.architecture
+            arch = dbcatalog.get_model(s, model).architecture
         try:
-            entry = get_model_entry(arch)
-            return "eomt" in entry.name.lower()
+            return model_kind(arch) == "mask"
         except AnomsegError:
-            return "eomt" in arch.lower()
+            return False
 
     @staticmethod
     def method_spec(name: str, params: dict[str, dict[str, float]] | None = None) -> str:
         """Canonical spec of a method with its current parameters (``msp:T=2.0``)."""
-        if name.startswith("head:"):
+        if is_head_method(name):
             return name
         mine = (params or {}).get(name, {})
         return scoring.format_method(name, mine)
@@ -206,42 +207,34 @@ class ScoreService:
 
     def _predict_image(self, model: str, image_id: int) -> Any:
         """The model's Prediction for a stored image (the workspace predictor caches it)."""
-        _, _, path = self.catalog.image_paths(image_id)
+        img, _, path = self.catalog.image_paths(image_id)
         rgb = read_image(path)
         predictor = self.ws.predictor(model)
         # one forward per (model, image) even when two sessions ask at once: the second waits
         # and then hits the predictor's cache
         with self.ctx.lock_for(model):
             before = getattr(predictor, "forward_calls", 0)
-            pred = predictor.predict(rgb)
+            # the store's file hash names the image in the predictor's cache too: a dataset pass
+            # (threshold at 95% TPR, evaluation) and this view share one entry
+            pred = predictor.predict(rgb, image_sha256=img.sha256)
             self.forward_count += getattr(predictor, "forward_calls", 0) - before
         return pred
 
-    def _head_fn(self, model: str, version: int) -> tuple[Callable[[Any], np.ndarray], str]:
+    def _head_ref(self, model: str, version: int) -> HeadRef:
+        """Where version ``version`` of the model's head is (ready versions only)."""
         with self.store.read() as s:
             m = dbcatalog.get_model(s, model)
             h = dbheads.get_head_version(s, m.id, int(version))
             if h.status != "ready" or not h.checkpoint_path:
                 raise InputError(f"head v{version} of {model!r} is {h.status!r}, not ready")
-            ckpt, sha, kind = h.checkpoint_path, h.checkpoint_sha256 or "", h.kind
-        key = (model, int(version), sha)
-        fn = self.heads.get(key)
-        if fn is None:
-            path = Path(ckpt)
-            if not path.is_absolute():
-                path = Path(self.ws.root) / path
-            head, _meta = load_head(path, kind=kind)
-            fn = head_scorer(head)
-            self.heads.put(key, fn)
-        return fn, sha
+            path, kind = Path(h.checkpoint_path), h.kind
+        return HeadRef(path if path.is_absolute() else Path(self.ws.root) / path, kind=kind)
 
     def _score(self, model: str, pred: Any, name: str, params: dict | None) -> np.ndarray:
-        if name.startswith("head:"):
-            version = name.split(":", 1)[1].lstrip("v")
-            if not version.isdigit():
-                raise InputError(f"method {name!r}: expected head:<version number>")
-            fn, _ = self._head_fn(model, int(version))
-            return np.asarray(fn(pred), dtype=np.float32)
+        if is_head_method(name):
+            version = require_version(name)
+            spec = self.heads.spec_for(head_method(version), self._head_ref(model, version))
+            return np.asarray(spec.fn(pred), dtype=np.float32)
         amap = scoring.score(name, pred, **(params or {}))
         # an inverted statistic (high = normal) is shown negated so every panel reads "hot =
         # anomalous" and its per-image metrics rank the right way
