@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from anomseg.errors import InputError
 from dashboard import compare, curate, flag, leaderboard, retrain
 from dashboard.services import Services
 from dashboard.ui import CSS, HEADER_HTML, THEME, Context, guarded
@@ -205,8 +206,6 @@ class AuthGate:
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
     """``USER:PASS`` -> (user, password); InputError on anything else."""
-    from anomseg.errors import InputError
-
     if text is None:
         return None
     user, sep, password = text.partition(":")

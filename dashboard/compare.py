@@ -13,8 +13,8 @@ import gradio as gr
 import pandas as pd
 
 from anomseg.errors import InputError
+from dashboard import components_view, render
 from dashboard import panels as panel_html
-from dashboard import render
 from dashboard.scales import scale_of
 from dashboard.services import Services
 from dashboard.services.compare import THRESHOLD_MODES, CompareResult, CompareStyle
@@ -172,8 +172,6 @@ def build(ctx: Context) -> None:
                 interactive=False,
                 elem_id="compare-full",
             )
-            from dashboard import components_view
-
             components_view.build(
                 ctx,
                 model,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from dashboard import render
 
@@ -77,8 +78,6 @@ def bar_labels(lo: float, hi: float) -> tuple[str, str]:
 
 def jpeg_data_uri(rgb: np.ndarray, quality: int = 88) -> str:
     """An (h, w, 3) uint8 image as a ``data:image/jpeg;base64,…`` URI."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import html
 import logging
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ import gradio as gr
 
 from anomseg.errors import AnomsegError
 from dashboard.panels import PANELS_CSS
+from db.models import row_id
 
 log = logging.getLogger("anomseg.dashboard")
 
@@ -83,8 +86,6 @@ def user_of(request: gr.Request | None) -> str:
 def form_id(value: Any, what: str) -> int | None:
     """A row id from a form or an API call: None when nothing is chosen (empty or 0), else a
     whole number in range (``db.models.row_id``) - never a silent int(1.5) or an OverflowError."""
-    from db.models import row_id
-
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, bool) and isinstance(value, int | float) and value == 0:
@@ -145,9 +146,6 @@ def refusing(n_outputs: int, status: int, tidy: Callable[..., str] | None = None
 
 def refusal_html(message: str) -> str:
     """A refused request's reason for an HTML status line (`command` spans become code)."""
-    import html
-    import re
-
     safe = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(message or "", quote=False))
     return f'<div class="anomseg-refusal"><b>Not done:</b> {safe}</div>'
 
