@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from anomseg.errors import InputError
+from anomseg.models.heads import head_spec, load_head
 
 PREFIX = "head"
 FILE_SUFFIX = ".safetensors"
@@ -142,8 +143,6 @@ class HeadScorers:
 
 
 def _load_spec(name: str, ref: HeadRef, path: Path) -> Any:
-    from anomseg.models.heads import head_spec, load_head
-
     head, meta = load_head(path, kind=ref.kind, base=ref.base)
     trained_for = meta.get("model_sha256")
     if ref.model_sha256 is not None and trained_for not in (None, ref.model_sha256):
