@@ -9,8 +9,10 @@ Typical use::
 
 Query helpers live in modules named for what they hold: ``db.catalog`` (datasets, images,
 models, training guard), ``db.flags``, ``db.pastes``, ``db.heads``, ``db.results``, ``db.jobs``;
-``db.engine`` (URLs, engines), ``db.store`` (``Store``), ``db.migrate`` (upgrade / current), ``db.transfer`` (backup / restore / export / import) and
-``db.masks`` (compact flag-mask encoding).
+``db.engine`` (URLs, engines), ``db.store`` (``Store``), ``db.migrate`` (upgrade / current),
+``db.transfer`` (backup / restore / export / import) and ``db.masks`` (compact flag-mask
+encoding). The store imports only ``anomseg``; building models from its rows is the
+application layer's (``workbench.models``).
 """
 
 from db.engine import make_engine, resolve_url
