@@ -58,11 +58,26 @@ class LRU:
                 self.nbytes -= old[1]
             self._items[key] = (value, size)
             self.nbytes += size
-            while len(self._items) > self.max_items or (
-                self.max_bytes is not None and self.nbytes > self.max_bytes
-            ):
-                _, (_, s) = self._items.popitem(last=False)
-                self.nbytes -= s
+            self._evict()
+
+    def resize(self, key: Any) -> None:
+        """Re-measure an entry whose value grew or shrank in place, evicting beyond the bounds
+        (a key no longer held is ignored)."""
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is None:
+                return
+            size = int(self._sizeof(entry[0]))
+            self.nbytes += size - entry[1]
+            self._items[key] = (entry[0], size)
+            self._evict()
+
+    def _evict(self) -> None:
+        while len(self._items) > self.max_items or (
+            self.max_bytes is not None and self.nbytes > self.max_bytes
+        ):
+            _, (_, s) = self._items.popitem(last=False)
+            self.nbytes -= s
 
     def clear(self) -> None:
         """Drop everything."""

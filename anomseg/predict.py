@@ -48,13 +48,18 @@ Size = tuple[int, int]
 
 
 class PredictionCache(LRU):
-    """A thread-safe LRU of ``Prediction`` objects bounded by their total bytes (tensors plus
-    the scoring memo's allowance, ``Prediction.nbytes``)."""
+    """A thread-safe LRU of ``Prediction`` objects bounded by their total bytes: tensors plus
+    the scoring memo, re-measured whenever a held prediction's memo changes."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if max_bytes < 0:
             raise InputError(f"cache size must be >= 0 bytes, got {max_bytes}")
         super().__init__(max_items=1 << 30, max_bytes=int(max_bytes), sizeof=Prediction.nbytes)
+
+    def put(self, key: Any, value: Prediction) -> None:
+        """Store a prediction; its memo's growth is charged to this cache from now on."""
+        value.on_resize = lambda _p, key=key: self.resize(key)
+        super().put(key, value)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -27,9 +27,10 @@ Conventions (documented once, relied on everywhere):
 * ``num_classes``: number of semantic classes used for mIoU (19 for Cityscapes).
 
 Scorers share channel reductions of one prediction (max logit, logsumexp per temperature, the
-head statistics) through ``Prediction.memo``: at most ``MEMO_MAPS`` (H, W) float32 maps, so
-``nbytes()`` can charge the byte-bounded prediction cache for them when the prediction is stored,
-before any scorer has run.
+head statistics) through ``Prediction.memo``: at most ``MEMO_MAPS`` (H, W) float32 maps, counted
+in ``nbytes()``. A prediction held by a byte-bounded cache (``anomseg.predict.PredictionCache``)
+tells the cache when its memo grows or shrinks (``on_resize``), so the cache's byte count is
+what the predictions really hold, memo included.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Prediction:
     meta: dict = field(default_factory=dict)
     # scoring's shared reductions, oldest first (see the module doc); not a result, not compared
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    # called with this prediction after its memo changed size (set by the cache holding it)
+    on_resize: Callable[[Prediction], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -85,7 +88,11 @@ class Prediction:
             window_features=mv(self.window_features),
             model_name=self.model_name,
             meta=dict(self.meta),
-        )
+        )  # a fresh memo (on the new device) and no cache listener
+
+    def __getstate__(self) -> dict:
+        # the memo and the cache listener belong to this process's copy
+        return {**self.__dict__, "_memo": {}, "on_resize": None}
 
     def memo(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``compute()`` once per key (a reduction of this prediction's own tensors, so pure),
@@ -100,15 +107,17 @@ class Prediction:
             self._memo[key] = value
             while sum(-(-t.numel() // hw) for t in self._memo.values()) > MEMO_MAPS:
                 del self._memo[next(iter(self._memo))]
+        if self.on_resize is not None:
+            self.on_resize(self)
         return value
 
     def memo_nbytes(self) -> int:
-        """The most the scoring memo may hold (what the prediction cache charges for it)."""
-        return MEMO_MAPS * self.size[0] * self.size[1] * 4
+        """Bytes the scoring memo holds now (at most ``MEMO_MAPS`` (H, W) float32 maps)."""
+        with _MEMO_LOCK:
+            return sum(t.element_size() * t.nelement() for t in self._memo.values())
 
     def nbytes(self) -> int:
-        """Memory held by the tensors and the scoring memo's allowance (for the size-bounded
-        prediction cache)."""
+        """Memory held by the tensors and the scoring memo (for the size-bounded cache)."""
         total = self.memo_nbytes()
         for t in (
             self.logits,
