@@ -84,8 +84,13 @@ def test_jobs_are_refused_before_anything_is_queued(ws):
     for n in (0, 501, 2.5, True, "3"):
         with pytest.raises(InputError, match="expected 1..500"):
             enqueue_synth_generate(ws.store, n)
-    with pytest.raises(InputError, match="no synthetic dataset is registered"):
+    with pytest.raises(InputError, match="no synthetic dataset is registered") as e:
         enqueue_synth_generate(ws.store, 3)
+    assert str(e.value).endswith("to add generated samples to")
+    with pytest.raises(InputError, match=r"samples to\. Register some first\.$"):
+        enqueue_synth_generate(ws.store, 3, hint="Register some first.")
+    with pytest.raises(InputError, match="dataset 'a' is not registered"):
+        enqueue_synth_generate(ws.store, 3, {"dataset": "a"})  # a model's name, not a dataset
     with ws.store.read() as s:
         assert dbjobs.list_jobs(s) == []
 

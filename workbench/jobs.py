@@ -197,15 +197,23 @@ def enqueue_training(store: Any, params: dict[str, Any]) -> int:
 MAX_GENERATE = 500
 
 
-def enqueue_synth_generate(store: Any, n: Any, params: dict[str, Any] | None = None) -> int:
+def enqueue_synth_generate(
+    store: Any, n: Any, params: dict[str, Any] | None = None, *, hint: str = ""
+) -> int:
     """Queue a ``synth_generate`` job for ``n`` samples; the job id (refused before queueing when
-    ``n`` is out of range or, with no dataset named, no synthetic dataset exists)."""
+    ``n`` is out of range, the named dataset is not synthetic or, with none named, no synthetic
+    dataset exists: that message ends with ``hint``, the caller's words on what to do)."""
     if isinstance(n, bool) or not isinstance(n, int | float) or int(n) != n:
         raise InputError(f"number of samples to generate: expected 1..{MAX_GENERATE}, got {n!r}")
     if not 1 <= int(n) <= MAX_GENERATE:
         raise InputError(f"number of samples to generate: expected 1..{MAX_GENERATE}, got {n!r}")
     payload = {"n": int(n), **(params or {})}
     with store.read() as s:  # refused here, not as a failed job after the fact
+        if not payload.get("dataset") and not catalog.list_datasets(s, role="synthetic"):
+            raise InputError(
+                "no synthetic dataset is registered to add generated samples to"
+                + (f". {hint}" if hint else "")
+            )
         _synthetic_dataset(s, payload.get("dataset"))
     return store.transact(lambda s: int(enqueue_job(s, "synth_generate", payload).id))
 

@@ -21,10 +21,9 @@ from anomseg.synth.sources import BACKGROUND_SOURCES, OBJECT_SOURCES
 from dashboard import render
 from dashboard.services.context import ServiceContext
 from dashboard.wording import REGISTER_TRAINING_HINT
-from db import catalog as dbcatalog
 from db import pastes as dbpastes
-from db.jobs import enqueue_job
 from training.synth_samples import object_source_for, sample_sources
+from workbench.jobs import enqueue_synth_generate
 
 
 class CurateService:
@@ -265,14 +264,4 @@ class CurateService:
 
     def queue_generate(self, n: int, params: dict[str, Any] | None = None) -> int:
         """Queue a job that proposes ``n`` more synthetic samples; returns the job id."""
-        if not isinstance(n, int | float) or int(n) != n or not 1 <= int(n) <= 500:
-            raise InputError(f"number of samples to generate: expected 1..500, got {n!r}")
-        if not (params or {}).get("dataset"):
-            with self.store.read() as s:  # refused here, not as a failed job after the fact
-                if not dbcatalog.list_datasets(s, role="synthetic"):
-                    raise InputError(
-                        "no synthetic dataset is registered to add generated samples to. "
-                        + REGISTER_TRAINING_HINT
-                    )
-        payload = {"n": int(n), **(params or {})}
-        return self.store.transact(lambda s: int(enqueue_job(s, "synth_generate", payload).id))
+        return enqueue_synth_generate(self.store, n, params, hint=REGISTER_TRAINING_HINT)

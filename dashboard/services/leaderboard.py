@@ -23,7 +23,7 @@ from dashboard.wording import method_label
 from db import catalog as dbcatalog
 from db import heads as dbheads
 from db import results as dbresults
-from db.jobs import enqueue_job
+from workbench.jobs import enqueue_evaluate
 
 
 class LeaderboardService:
@@ -219,11 +219,7 @@ class LeaderboardService:
 
     def queue_evaluate(self, model: str) -> int:
         """Queue an evaluation of a model's methods on every eval dataset; returns the job id."""
-        with self.store.read() as s:
-            dbcatalog.get_model(s, model)  # unknown model -> InputError before anything is queued
-            if not dbcatalog.list_datasets(s, role="eval"):
-                raise InputError("no evaluation dataset is registered (see `anomseg add-dataset`)")
-        return self.store.transact(lambda s: int(enqueue_job(s, "evaluate", {"model": model}).id))
+        return enqueue_evaluate(self.store, model)
 
 
 def _protocol_summary(card: Any) -> str:
