@@ -12,6 +12,7 @@ import pandas as pd
 
 from anomseg.errors import AnomsegError, InputError
 from dashboard.services import Services
+from dashboard.services.curate import SAMPLE_COLUMNS
 from dashboard.ui import (
     Context,
     form_id,
@@ -24,7 +25,9 @@ from dashboard.ui import (
 from dashboard.wording import job_label
 
 STATUSES = ["all", "proposed", "accepted", "rejected"]
-EMPTY_SAMPLES = pd.DataFrame(columns=["id", "status", "background", "pastes", "updated"])
+EMPTY_SAMPLES = pd.DataFrame(columns=SAMPLE_COLUMNS)
+# the first column is the sample's thumbnail (an <img> of its current render)
+SAMPLE_TYPES = ["html", "number", "str", "str", "number", "str"]
 EMPTY_PASTES = pd.DataFrame(
     columns=["key", "object", "x", "y", "scale", "flip", "feather", "photometric"]
 )
@@ -46,6 +49,7 @@ def build(ctx: Context) -> None:
                 EMPTY_SAMPLES,
                 label="Synthetic samples (click a row)",
                 interactive=False,
+                datatype=SAMPLE_TYPES,
                 max_height=420,
                 elem_id="curate-samples",
             )

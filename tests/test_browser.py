@@ -529,6 +529,71 @@ def test_editing_a_paste_rerenders_and_stores_revisions(app_server, browser):
     ctx.close()
 
 
+def test_curate_list_shows_each_samples_own_thumbnail(app_server, browser):
+    """Every listed sample (with a render) shows a loaded thumbnail in its row, and it is that
+    sample's picture: close to a box-filter shrink of its render-cache file, far from others'."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from db import pastes as dbpastes
+
+    ws, url = app_server
+    ctx, page = _open(browser, url)
+    _tab(page, "Curate")
+    _cell(page, "curate-samples", 0, 1)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#curate-samples img.curate-thumb')]"
+        ".some(i => i.complete && i.naturalWidth > 0)"
+    )
+    rows = page.evaluate(
+        """() => [...document.querySelectorAll('#curate-samples img.curate-thumb')].map(i => {
+            const r = i.getBoundingClientRect(), cell = i.closest('[role=gridcell]');
+            const id = cell && cell.parentElement.querySelector(
+                `[role=gridcell][data-row="${cell.dataset.row}"][data-col="1"]`);
+            return {sid: +i.dataset.sample, src: i.getAttribute('src'), nw: i.naturalWidth,
+                    w: r.width, h: r.height, id: id ? id.innerText.trim() : '',
+                    sizing: !cell};  // the table's hidden sizing copy has no grid cells
+        })"""
+    )
+    with ws.store.read() as s:
+        renders = {
+            smp.id: Path(smp.dataset.root) / smp.render["image"]
+            for smp in dbpastes.list_samples(s)
+            if smp.render and smp.render.get("image")
+        }
+    shown = page.evaluate(
+        """() => [...document.querySelectorAll('#curate-samples [role=gridcell][data-col="1"]')]
+            .map(c => +c.innerText.trim())"""
+    )
+    # every sample row on screen that has a render shows its thumbnail (the table draws some
+    # rows twice: a hidden copy measures column widths)
+    rows = [r for r in rows if not r["sizing"]]
+    assert rows and {r["sid"] for r in rows} == {i for i in shown if i in renders}
+
+    def picture(sid, size):
+        im = Image.open(renders[sid]).convert("RGB").resize(size[::-1], Image.BOX)
+        return np.asarray(im, dtype=float)
+
+    for r in rows[:4]:
+        assert r["nw"] > 0 and r["w"] > 8 and r["h"] > 8, r  # loaded and visible
+        assert r["id"] == str(r["sid"]), r["id"]  # in its own sample's row
+        thumb = np.asarray(
+            Image.open(io.BytesIO(base64.b64decode(r["src"].split(",", 1)[1]))).convert("RGB"),
+            dtype=float,
+        )
+        own = np.abs(thumb - picture(r["sid"], thumb.shape[:2])).mean()
+        others = [
+            np.abs(thumb - picture(o, thumb.shape[:2])).mean()
+            for o in list(renders)[:6]
+            if o != r["sid"]
+        ]
+        assert own < 10.0 and all(d > own for d in others), (r["sid"], own, others)
+    ctx.close()
+
+
 def test_retrain_runs_and_the_new_head_appears_everywhere(app_server, browser):
     ws, url = app_server
     ctx, page = _open(browser, url)

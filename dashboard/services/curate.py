@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image as PILImage
 
 import anomseg.world  # noqa: F401  (registers the procedural background and bank object sources)
 from anomseg.cache import LRU
@@ -19,11 +20,38 @@ from anomseg.synth.render import render as render_pastes
 from anomseg.synth.render_cache import write_render_cache
 from anomseg.synth.sources import BACKGROUND_SOURCES, OBJECT_SOURCES
 from dashboard import render
+from dashboard.panels import jpeg_data_uri
 from dashboard.services.context import ServiceContext
 from dashboard.wording import REGISTER_TRAINING_HINT
 from db import pastes as dbpastes
 from training.synth_samples import object_source_for, sample_sources
 from workbench.jobs import enqueue_synth_generate
+
+# the sample list's thumbnails: longest side in pixels, and the cache's bounds (a thumbnail is
+# ~3-5 kB of base64 JPEG; keyed by render file, so an edit's new render gets a new one)
+THUMB_SIDE = 128
+THUMB_CACHE_ITEMS = 1024
+THUMB_CACHE_BYTES = 8 << 20
+# rows of the list that get a thumbnail: the first list of a large set costs one PNG decode each
+THUMB_ROWS = 300
+SAMPLE_COLUMNS = ["sample", "id", "status", "background", "pastes", "updated"]
+
+
+def thumbnail_rgb(path: Path, side: int = THUMB_SIDE) -> np.ndarray:
+    """A render-cache picture shrunk to fit ``side`` (antialiased: a plain bilinear shrink of a
+    1024-wide street scene aliases into noise)."""
+    with PILImage.open(path) as im:
+        im = im.convert("RGB")
+        (h, w), _ = render.fit_size((im.height, im.width), side)
+        return np.asarray(im.resize((w, h), PILImage.LANCZOS, reducing_gap=2.0))
+
+
+def render_image_path(entry: dict[str, Any] | None, root: str) -> Path | None:
+    """The picture file of a sample's render-cache entry (absolute, or relative to its dataset)."""
+    if not entry or not entry.get("image"):
+        return None
+    p = Path(entry["image"])
+    return p if p.is_absolute() else Path(root) / p
 
 
 class CurateService:
@@ -34,14 +62,34 @@ class CurateService:
         self.ws = ctx.ws
         self.store = ctx.store
         self.renders = LRU(max_items=16)
+        self.thumbs = LRU(max_items=THUMB_CACHE_ITEMS, max_bytes=THUMB_CACHE_BYTES, sizeof=len)
+
+    def thumbnail_html(self, sample_id: int, path: Path | None) -> str:
+        """An ``<img>`` of a sample's current render (cached per render file); "" without one."""
+        if path is None or not path.is_file():
+            return ""
+        key = str(path)
+        uri = self.thumbs.get(key)
+        if uri is None:
+            try:
+                uri = jpeg_data_uri(thumbnail_rgb(path), quality=85)
+            except OSError:  # an unreadable cache file: the list still shows, without it
+                return ""
+            self.thumbs.put(key, uri)
+        return (
+            f'<img src="{uri}" alt="sample #{int(sample_id)}" class="curate-thumb" '
+            f'data-sample="{int(sample_id)}" style="height:{THUMB_SIDE // 2}px;width:auto">'
+        )
 
     def samples_frame(self, status: str | None = None):
         """Synthetic samples (optionally of one status) as a data frame."""
         status = None if status in (None, "", "all") else status
         with self.store.read() as s:
-            rows = []
+            rows, pictures = [], []
             for smp in dbpastes.list_samples(s, status=status):
                 live = sum(1 for _p, r in dbpastes.current_revisions(s, smp.id) if r.record_json)
+                if len(pictures) < THUMB_ROWS:
+                    pictures.append(render_image_path(smp.render, smp.dataset.root))
                 rows.append(
                     {
                         "id": smp.id,
@@ -51,7 +99,9 @@ class CurateService:
                         "updated": smp.updated.strftime("%Y-%m-%d %H:%M:%S"),
                     }
                 )
-        return pd.DataFrame(rows, columns=["id", "status", "background", "pastes", "updated"])
+        for row, path in zip(rows, pictures, strict=False):
+            row["sample"] = self.thumbnail_html(row["id"], path)
+        return pd.DataFrame(rows, columns=SAMPLE_COLUMNS).fillna({"sample": ""})
 
     def sample_counts(self) -> dict[str, int]:
         """Number of synthetic samples per status."""
