@@ -57,14 +57,27 @@ def test_recipe_real_end_to_end_resumes_and_its_heads_score_in_eval(
     for step in steps:
         assert f"[skip] {step}" in again
     assert json.loads((out / "results.json").read_text())["rows"] == doc["rows"]
+    from sqlalchemy import select
+
     from db import heads as dbheads
+    from db.models import Dataset, EvalResult
     from db.store import Store
 
     store = Store.open(workspace=out / "workspace")
     with store.read() as s:
         kinds = sorted(h.kind for h in dbheads.list_head_versions(s, 1))
+        stored = s.execute(
+            select(EvalResult.method, EvalResult.per_image_json, EvalResult.params_json)
+            .join(Dataset).where(Dataset.name == "RoadAnomaly21")
+        ).all()  # fmt: skip
     store.close()
     assert kinds == ["features", "oe", "stats"]
+    # the store's rows carry per-image values (the drill-down) and the protocol card
+    assert {m for m, _p, _c in stored} == {"msp", "maxlogit", "entropy", "energy", "head:1",
+                                           "head:2", "head:3"}  # fmt: skip
+    for _m, per, params in stored:
+        assert len(json.loads(per)) == 10
+        assert json.loads(params)["protocol"]["input_size"] == "64x128"
 
     # another budget in the same folder is refused, nothing changes
     rc = main(["recipe", "real", "--shared", str(shared), "--out", str(out),
