@@ -26,8 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="ERFNet decoder layers outlier exposure fine-tunes",
     )  # fmt: skip
     p.add_argument(
-        "--pastes", default="default", choices=("default", "large"),
-        help="paste placement: default, or large objects (up to 60%% of the image height)",
+        "--pastes", default="large", choices=("default", "large"),
+        help="paste placement: large objects (up to 60%% of the image height; the default), or "
+        "the generator's default placement",
+    )  # fmt: skip
+    p.add_argument(
+        "--oe-energy-weight", type=float, default=None, metavar="W",
+        help="weight of outlier exposure's energy-margin term (0: Meta-OoD's loss alone)",
     )  # fmt: skip
     p.add_argument("--input-size", default="512x1024", metavar="HxW", help="model input size")
     p.add_argument("--eval-limit", type=int, default=None, help="first N images per eval set")
@@ -55,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         oe["epochs"] = args.oe_epochs
     if args.oe_stage is not None:
         oe["stage"] = args.oe_stage
+    if args.oe_energy_weight is not None:
+        oe["energy_weight"] = args.oe_energy_weight
     shared = Path(args.shared)
     if not shared.is_dir():
         raise InputError(f"--shared {shared}: folder not found (expected the shared data folder)")
