@@ -204,6 +204,8 @@ def test_cli_eval_records_its_rows_under_a_registered_model(trained, tmp_path, c
         (["--checkpoint", str(ckpt), "--record", "nobody"], "'nobody' is not registered"),
         (["--checkpoint", str(other), "--record", "colour-ck"], "other weights"),
         (["--record", "colour-ck"], "needs --checkpoint"),
+        (["--checkpoint", str(ckpt), "--record", "colour-ck", "--methods", "msp,head:1"],
+         "stores post-hoc methods; got head:1"),  # fmt: skip
     ):
         assert main([*base, *extra]) == 2
         assert said in capsys.readouterr().err

@@ -237,12 +237,20 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--name names external maps; expected it with --scores DIR only")
     from anomseg.data.benchmark import BenchmarkDataset
     from anomseg.evaluate import check_metric_mode, evaluate, parse_methods
+    from anomseg.head_methods import is_head_method
     from anomseg.models.registry import create_model
     from anomseg.predict import Predictor, resolve_device
 
     # cheap checks first: a typo must not cost a model load or a half-finished run
     size = parse_size(args.input_size)
     methods = split_methods(args.methods)
+    record = getattr(args, "record", None)
+    heads = [m for m in methods if is_head_method(m)]
+    if record is not None and heads:  # head:N may be another model's version of the weights
+        raise InputError(
+            f"--record {record} stores post-hoc methods; got {', '.join(heads)}: a head version's "
+            "rows are recorded when it is trained (or by the Leaderboard's evaluate job)"
+        )
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise InputError(f"--checkpoint {args.checkpoint}: file not found")
     extra = head_scorers(
@@ -273,7 +281,6 @@ def run(args: argparse.Namespace) -> int:
         if names.count(d.name) > 1:
             d.name = f"{Path(d.root).parent.name}/{d.name}"
             names[i] = d.name
-    record = getattr(args, "record", None)
     if record is not None and rank == 0:
         record_target(args, record)  # a wrong name or other weights: refused before the run
     if args.checkpoint is None and rank == 0:
