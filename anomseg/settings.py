@@ -7,6 +7,8 @@ sets a variable before calling sees it.
 * ``ANOMSEG_DB_URL``: a database URL used instead of the workspace's SQLite file.
 * ``ANOMSEG_SHARED``: the real-data folder; default ``../shared`` next to the repository.
 * ``ANOMSEG_MAX_PIXELS``: the decoded-image pixel limit; default 64 MP.
+* ``ANOMSEG_PREDICTION_CACHE_MB`` / ``ANOMSEG_MAP_CACHE_MB``: the app's byte budgets for cached
+  model outputs (one budget shared by every loaded model) and scored maps; defaults 512 / 384.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ WORKSPACE_ENV = "ANOMSEG_WORKSPACE"
 DB_URL_ENV = "ANOMSEG_DB_URL"
 SHARED_ENV = "ANOMSEG_SHARED"
 MAX_PIXELS_ENV = "ANOMSEG_MAX_PIXELS"
+PREDICTION_CACHE_ENV = "ANOMSEG_PREDICTION_CACHE_MB"
+MAP_CACHE_ENV = "ANOMSEG_MAP_CACHE_MB"
+# a real ERFNet prediction at 512x1024 is 40 MB of logits (+ up to 12 MB of scoring memo): the
+# default keeps ~10 of them, enough to step back and forth in Compare without a new forward
+DEFAULT_PREDICTION_CACHE_MB = 512
+DEFAULT_MAP_CACHE_MB = 384
 
 DEFAULT_WORKSPACE = "workspace"
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -64,3 +72,30 @@ def max_pixels_env() -> int | None:
     if value <= 0:
         raise InputError(f"${MAX_PIXELS_ENV}={env!r}; expected a positive pixel count")
     return value
+
+
+def _megabytes(name: str, default_mb: int) -> int:
+    """``$name`` (whole MB, 0 = cache nothing) in bytes, else ``default_mb``; InputError when
+    malformed."""
+    env = _env(name)
+    if env is None:
+        return default_mb << 20
+    try:
+        value = int(env)
+    except ValueError:
+        raise InputError(
+            f"${name}={env!r} is not an integer; expected megabytes such as 512"
+        ) from None
+    if value < 0:
+        raise InputError(f"${name}={env!r}; expected megabytes >= 0")
+    return value << 20
+
+
+def prediction_cache_bytes() -> int:
+    """The app's budget for cached predictions, shared by all its loaded models (bytes)."""
+    return _megabytes(PREDICTION_CACHE_ENV, DEFAULT_PREDICTION_CACHE_MB)
+
+
+def map_cache_bytes() -> int:
+    """The app's budget for scored maps (bytes)."""
+    return _megabytes(MAP_CACHE_ENV, DEFAULT_MAP_CACHE_MB)

@@ -28,6 +28,7 @@ from anomseg.errors import AnomsegError, InputError
 from anomseg.evaluate import attach_protocol, evaluate
 from anomseg.head_methods import HeadRef, HeadScorers, head_method
 from anomseg.models.heads import HEADS
+from anomseg.predict import PredictionCache
 from anomseg.registry import Registry
 from db import catalog, results
 from db import heads as dbheads
@@ -277,6 +278,10 @@ def enqueue_evaluate(store: Any, model: str) -> int:
     return store.transact(lambda s: int(enqueue_job(s, "evaluate", {"model": model}).id))
 
 
+# the evaluate job's prediction cache: room for its probe (a 20x512x1024 ERFNet output is 40 MB)
+EVAL_CACHE_BYTES = 128 << 20
+
+
 @JOB_KINDS.register("evaluate")
 def evaluate_job(ctx: JobContext) -> dict[str, Any]:
     """Evaluate a model's post-hoc methods (and its ready heads) on every eval dataset.
@@ -291,7 +296,9 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
         raise InputError("evaluate job needs a 'model' parameter")
     spec = read_spec(ctx.store, model)
     model_id, model_sha = spec.id, spec.checkpoint_sha256 or ""
-    predictor = build_predictor(spec)
+    # every image is forwarded once and scored at once: only the per-dataset probe is reused,
+    # so the cache holds ~2 predictions, not 1 GiB of outputs nobody reads again
+    predictor = build_predictor(spec, cache=PredictionCache(EVAL_CACHE_BYTES))
     with ctx.store.read() as s:
         wanted = ctx.params.get("datasets")
         sets = [

@@ -12,8 +12,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from anomseg import settings
 from anomseg.models import create_model, get_model_entry
-from anomseg.predict import Predictor, resolve_device
+from anomseg.predict import PredictionCache, Predictor, resolve_device
 from db import catalog
 from training.frozen import FrozenModel
 
@@ -66,9 +67,12 @@ def build_model(spec: ModelSpec) -> Any:
     return create_model(spec.architecture, checkpoint=spec.checkpoint_path, **opts)
 
 
-def build_predictor(spec: ModelSpec, device: str = "auto") -> Predictor:
-    """A Predictor over a freshly built network, at the stored input size."""
-    return Predictor(build_model(spec), device=device, input_size=spec.input_size)
+def build_predictor(
+    spec: ModelSpec, device: str = "auto", cache: PredictionCache | None = None
+) -> Predictor:
+    """A Predictor over a freshly built network, at the stored input size (its predictions in
+    ``cache``, e.g. a pool's shared budget; else a private cache of the library default)."""
+    return Predictor(build_model(spec), device=device, input_size=spec.input_size, cache=cache)
 
 
 def frozen_model(
@@ -92,12 +96,17 @@ class PredictorPool:
     """The process-wide Predictors of registered models: an LRU of ``max_models`` networks.
 
     Keyed by checkpoint hash too: a model replaced under its name (add-model --replace) is
-    rebuilt by a running app instead of serving the old weights under the new name.
+    rebuilt by a running app instead of serving the old weights under the new name. All its
+    predictors keep their predictions in ONE cache of ``cache_bytes`` (default
+    ``anomseg.settings.prediction_cache_bytes()``): the app's bound does not grow with the number
+    of loaded models (keys hold the model identity, so models never share entries).
     """
 
-    def __init__(self, store: Any, max_models: int = 2) -> None:
+    def __init__(self, store: Any, max_models: int = 2, cache_bytes: int | None = None) -> None:
         self.store = store
         self.max_models = max_models
+        budget = settings.prediction_cache_bytes() if cache_bytes is None else cache_bytes
+        self.cache = PredictionCache(budget)
         self._predictors: OrderedDict[str, Predictor] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -108,7 +117,7 @@ class PredictorPool:
             if spec.key in self._predictors:
                 self._predictors.move_to_end(spec.key)
                 return self._predictors[spec.key]
-        pred = build_predictor(spec)
+        pred = build_predictor(spec, cache=self.cache)
         with self._lock:
             self._predictors[spec.key] = pred
             while len(self._predictors) > self.max_models:

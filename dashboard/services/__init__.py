@@ -25,7 +25,7 @@ from typing import Any
 from dashboard.services.catalog import CatalogService
 from dashboard.services.compare import CompareService
 from dashboard.services.components import ComponentService
-from dashboard.services.context import DEFAULT_MAP_CACHE_BYTES, ServiceContext
+from dashboard.services.context import ServiceContext
 from dashboard.services.curate import CurateService
 from dashboard.services.flags import FlagService
 from dashboard.services.jobs import JobService
@@ -37,7 +37,7 @@ from dashboard.services.scores import ScoreService
 class Services:
     """One service per tab over one workspace, wired to what they share (``context``)."""
 
-    def __init__(self, workspace: Any, map_cache_bytes: int = DEFAULT_MAP_CACHE_BYTES) -> None:
+    def __init__(self, workspace: Any, map_cache_bytes: int | None = None) -> None:
         self.ws = workspace
         self.store = workspace.store
         self.context = ctx = ServiceContext(workspace, map_cache_bytes)

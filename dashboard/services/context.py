@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from anomseg import settings
 from anomseg.cache import LRU
 
-DEFAULT_MAP_CACHE_BYTES = 384 << 20
+DEFAULT_MAP_CACHE_BYTES = settings.DEFAULT_MAP_CACHE_MB << 20
 
 
 def _map_bytes(entry: Any) -> int:
@@ -26,11 +27,13 @@ class MapCache(LRU):
 class ServiceContext:
     """The workspace (``Workspace`` of ``workbench.workspace``) and the caches the services share."""
 
-    def __init__(self, workspace: Any, map_cache_bytes: int = DEFAULT_MAP_CACHE_BYTES) -> None:
+    def __init__(self, workspace: Any, map_cache_bytes: int | None = None) -> None:
         self.ws = workspace
         self.store = workspace.store
-        # scored maps and their grid copies: Compare, Flag and Leaderboard draw the same maps
-        self.maps = MapCache(map_cache_bytes)
+        # scored maps and their grid copies: Compare, Flag and Leaderboard draw the same maps;
+        # the budget is anomseg.settings' (ANOMSEG_MAP_CACHE_MB) unless given
+        budget = settings.map_cache_bytes() if map_cache_bytes is None else map_cache_bytes
+        self.maps = MapCache(budget)
         # colour ranges and per-image AuPRC / FPR95 of those maps
         self.metrics = LRU(max_items=4096)
         self._model_locks: dict[str, threading.Lock] = {}
