@@ -152,9 +152,11 @@ def _augment(rgb: torch.Tensor, lab: torch.Tensor, g: torch.Generator):
 
 def _loss(model, arch: str, x: torch.Tensor, lab: torch.Tensor, weight: torch.Tensor):
     """Weighted cross-entropy on the 19 classes, plus outlier exposure on ``OOD`` pixels."""
+    from anomseg.models import model_kind
+
     ood = lab == OOD
     target = lab.masked_fill(ood, 255)
-    if not model.model_cfg.is_mask:  # a pixel model's forward gives the class logits
+    if model_kind(arch) == "pixel":  # a pixel model's forward gives the class logits
         out = model(x).float()
         # the 20th (void) channel is never a target: weight 0, its logit is pushed down
         w = torch.cat([weight, weight.new_zeros(out.shape[1] - len(weight))])
@@ -233,7 +235,9 @@ def heldout_miou(model, pool: tuple[torch.Tensor, torch.Tensor] | None = None) -
 
 def _run_phase(model, spec, arch, rgb, lab, weight, g, n_iter, lr, schedule, progress, label):
     """One optimisation phase; ``schedule`` is "onecycle" (from scratch) or "cosine" (continue)."""
-    conv = not model.model_cfg.is_mask  # ERFNet: a conv net; the mask models are ViTs
+    from anomseg.models import model_kind
+
+    conv = model_kind(arch) == "pixel"  # ERFNet: a conv net; the mask models are ViTs
     fmt = torch.channels_last if conv else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
