@@ -109,3 +109,48 @@ def test_the_headless_worker_never_imports_the_ui(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "UI [] 0" in out.stdout, out.stdout[-2000:]
     assert "kinds: evaluate, synth_generate, train_head" in out.stdout
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_evaluate_job_on_the_shared_erfnet_equals_a_directly_built_model(
+    tmp_path, erfnet_checkpoint, road_anomaly21
+):
+    """The worker's evaluate job (model built from its store row) stores exactly what
+    ``anomseg.evaluate`` computes with ``create_model`` called by hand, per image too."""
+    from sqlalchemy import select
+
+    from anomseg.data.benchmark import BenchmarkDataset
+    from anomseg.evaluate import evaluate
+    from db.models import EvalResult, Job
+    from workbench.worker import Worker
+
+    size = (256, 512)
+    w = Workspace.open(tmp_path / "ws")
+    try:
+        w.register_checkpoint("erfnet", "erfnet", erfnet_checkpoint, input_size=size)
+        w.register_benchmark("RoadAnomaly21", road_anomaly21)
+        job_id = enqueue_evaluate(w.store, "erfnet")
+        assert Worker(w.store, w.root).run_once() == job_id
+        with w.store.read() as s:
+            assert s.get(Job, job_id).status == "done"
+            stored = {
+                r.method: (r.metrics, r.n_images, r.per_image)
+                for r in s.scalars(select(EvalResult))
+            }
+        net = create_model("erfnet", checkpoint=erfnet_checkpoint, input_size=size)
+        methods = ["msp", "maxlogit", "entropy", "energy"]
+        ref = evaluate(
+            Predictor(net, device="cpu", input_size=size), [BenchmarkDataset(road_anomaly21)],
+            methods, progress=False,
+        )  # fmt: skip
+        assert sorted(stored) == sorted(methods)  # rba needs a mask model: left out
+        for row in ref:
+            metrics, n_images, per_image = stored[row.method]
+            assert (metrics["auprc"], metrics["fpr95"], metrics["auroc"]) == (
+                row.auprc, row.fpr95, row.auroc,
+            )  # fmt: skip
+            assert n_images == row.n_images == len(per_image) == 10
+            assert [p["auprc"] for p in per_image] == [p["auprc"] for p in row.per_image]
+    finally:
+        w.close()
