@@ -73,3 +73,12 @@ def test_an_image_that_never_was_a_file_is_named_by_its_pixels(tmp_path):
     assert p.predict(tmp_path / "u.png") is pred and p.forward_calls == 1
     fresh = Predictor(Net(), device="cpu")
     assert fresh.predict(tmp_path / "u.png").meta["image_sha256"] == sha256_file(tmp_path / "u.png")
+
+
+def test_a_probe_by_path_is_reused_by_the_dataset_pass(tmp_path):
+    # the evaluate job probes the first image (which methods apply) before the dataset pass
+    ds = _bench(tmp_path / "b")
+    p = Predictor(Net(), device="cpu")
+    probe = p.predict(ds.samples[0].image_path)
+    passed = {name: pred for name, pred, _ in p.predict_dataset(ds)}
+    assert passed["0"] is probe and p.forward_calls == 3  # 1 probe + the 2 other images

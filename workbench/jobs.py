@@ -328,7 +328,8 @@ def evaluate_job(ctx: JobContext) -> dict[str, Any]:
             continue
         # methods this model cannot feed (rba on a pixel model) are left out, not failed;
         # the probe is the first image's forward, which the evaluation reuses from the cache
-        probe = predictor.predict(ds[0][0])
+        # (given as its file: the dataset pass names images by their file's hash too)
+        probe = predictor.predict(ds.samples[0].image_path)
         usable = [
             m for m in methods
             if scoring.get_scorer(scoring.parse_method(m, extra)[0], extra).applicable(probe)
