@@ -410,7 +410,11 @@ class Predictor:
             size = self.target_size(arr.shape[:2])
             key = self._key(digest, size)
             hit = self.cache.get(key)
-            if hit is None and key not in pending and (given or isinstance(image, str | os.PathLike)):
+            if (
+                hit is None
+                and key not in pending
+                and (given or isinstance(image, str | os.PathLike))
+            ):
                 # the same pixels scored before as a bare array, named by its pixels
                 hit = self.cache.get(self._key(array_sha256(arr), size))
             if hit is None and key in pending:

@@ -101,7 +101,9 @@ def test_checks_and_errors(heads_on_disk):
     with pytest.raises(InputError, match="not found"):
         resolve_head_methods(["head:9"], lambda s: HeadRef(root / "v9.safetensors"))
     with pytest.raises(CheckpointError, match="'features' head was expected"):
-        resolve_head_methods(["head:1"], lambda s: HeadRef(root / "v1.safetensors", kind="features"))
+        resolve_head_methods(
+            ["head:1"], lambda s: HeadRef(root / "v1.safetensors", kind="features")
+        )
     with pytest.raises(InputError, match="expected head:N"):
         HeadScorers(lambda s: HeadRef(root / "v1.safetensors")).spec("head:latest")
     with pytest.raises(InputError, match="no store"):
