@@ -26,8 +26,10 @@ from dashboard.wording import job_label
 
 STATUSES = ["all", "proposed", "accepted", "rejected"]
 EMPTY_SAMPLES = pd.DataFrame(columns=SAMPLE_COLUMNS)
-# the first column is the sample's thumbnail (an <img> of its current render)
+# the first column is the sample's thumbnail (an <img> of its current render), wide enough
+# to show it whole
 SAMPLE_TYPES = ["html", "number", "str", "str", "number", "str"]
+SAMPLE_WIDTHS = ["104px", "48px", "88px", "136px", "72px", "170px"]
 EMPTY_PASTES = pd.DataFrame(
     columns=["key", "object", "x", "y", "scale", "flip", "feather", "photometric"]
 )
@@ -50,6 +52,7 @@ def build(ctx: Context) -> None:
                 label="Synthetic samples (click a row)",
                 interactive=False,
                 datatype=SAMPLE_TYPES,
+                column_widths=SAMPLE_WIDTHS,
                 max_height=420,
                 elem_id="curate-samples",
             )

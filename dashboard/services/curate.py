@@ -30,6 +30,7 @@ from workbench.jobs import enqueue_synth_generate
 # the sample list's thumbnails: longest side in pixels, and the cache's bounds (a thumbnail is
 # ~3-5 kB of base64 JPEG; keyed by render file, so an edit's new render gets a new one)
 THUMB_SIDE = 128
+THUMB_SHOWN = 96  # CSS pixels in the list: the 128-px picture stays sharp on a HiDPI screen
 THUMB_CACHE_ITEMS = 1024
 THUMB_CACHE_BYTES = 8 << 20
 # rows of the list that get a thumbnail: the first list of a large set costs one PNG decode each
@@ -78,7 +79,8 @@ class CurateService:
             self.thumbs.put(key, uri)
         return (
             f'<img src="{uri}" alt="sample #{int(sample_id)}" class="curate-thumb" '
-            f'data-sample="{int(sample_id)}" style="height:{THUMB_SIDE // 2}px;width:auto">'
+            f'data-sample="{int(sample_id)}" style="width:{THUMB_SHOWN}px;height:auto;'
+            'max-width:none;display:block">'
         )
 
     def samples_frame(self, status: str | None = None):
