@@ -88,6 +88,8 @@ def test_loaded_models_share_one_prediction_budget(ws, monkeypatch):
     assert sum(made) > pool.cache.max_bytes
     assert 0 < pool.cache.nbytes == _held_bytes(pool.cache) <= pool.cache.max_bytes
     assert len(pool.cache) < len(made)  # older entries evicted across both models
+    pool.clear()  # a cold start: no model loaded, nothing cached
+    assert len(pool.cache) == 0 == pool.cache.nbytes and pool.get("a") is not a
 
 
 def test_evaluate_job_keeps_only_its_probe(ws, monkeypatch):

@@ -124,6 +124,12 @@ class PredictorPool:
                 self._predictors.popitem(last=False)
         return pred
 
+    def clear(self) -> None:
+        """Forget every loaded model and every cached prediction (a cold start)."""
+        with self._lock:
+            self._predictors.clear()
+        self.cache.clear()
+
 
 def tuple_options(options: dict) -> dict:
     """JSON turns tuples into lists; model builders want (H, W) tuples back."""
