@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", choices=RECIPES, help="real: the shared real data (../shared)")
     p.add_argument("--shared", default="../shared", help="the shared folder (default ../shared)")
     p.add_argument("--out", required=True, help="output folder (workspace, heads, results.json)")
-    p.add_argument("--samples", type=int, default=96, help="CamVid x COCO training samples")
+    p.add_argument("--samples", type=int, default=192, help="CamVid x COCO training samples")
     p.add_argument("--epochs", type=int, default=1, help="epochs of the stats / feature heads")
     p.add_argument("--oe-epochs", type=int, default=None, help="outlier-exposure epochs")
     p.add_argument(
