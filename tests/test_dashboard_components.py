@@ -64,6 +64,46 @@ def test_rows_that_differ_in_protocol_are_named(svc, two_results):  # noqa: F811
     assert "skip_empty: True vs False" in line and "checkpoint" not in line
 
 
+def test_another_models_weights_are_not_a_protocol_difference(svc, ws, two_results):  # noqa: F811
+    """Two models evaluated the same way: their checkpoints differ by nature, not by protocol
+    (the demo leaderboard listed every demo-eomt row as 'differs' for its own weights)."""
+    from anomseg.protocol import card
+    from db import catalog
+    from db import results as dbresults
+
+    a, _b = two_results
+    base = dict(score_size="input", skip_empty=True, label_remap=None, metric_mode="exact",
+                track="anomaly", dataset_sha256="d" * 64)  # fmt: skip
+
+    def add(s):
+        tiny = catalog.get_model(s, "tiny-erfnet")
+        other = catalog.register_model(
+            s, "other-weights", "erfnet", tiny.checkpoint_path, input_size=(64, 128)
+        )
+        same = card(input_size=(64, 128), checkpoint_sha256="e" * 64, **base)
+        bigger = card(input_size=(128, 256), checkpoint_sha256="e" * 64, **base)
+        metrics = {"auprc": 0.2, "fpr95": 0.5, "auroc": 0.7}
+        ids = [
+            dbresults.add_eval_result(
+                s, other.id, "entropy", ws.eval_id, metrics, 3, params={"protocol": c}
+            ).id
+            for c in (same, bigger)
+        ]
+        mine_again = dbresults.add_eval_result(
+            s, tiny.id, "msp", ws.eval_id, metrics, 3,
+            params={"protocol": card(input_size=(64, 128), checkpoint_sha256="f" * 64, **base)},
+        ).id  # fmt: skip
+        return ids, mine_again
+
+    (same_id, bigger_id), mine_again = ws.store.transact(add)
+    lines = svc.leaderboard.protocol_differences(a, [same_id, bigger_id, mine_again])
+    # the same protocol under other weights: no line; another input size: named, weights not
+    assert [ln.split(":")[0] for ln in lines] == ["other-weights · entropy", "tiny-erfnet · msp"]
+    assert "input_size: 64x128 vs 128x256" in lines[0] and "checkpoint" not in lines[0]
+    # the same model under other weights still says so
+    assert "checkpoint_sha256: cccccccccccc… vs ffffffffffff…" in lines[1]
+
+
 def test_compare_component_view_matches_the_metric(svc, ws):  # noqa: F811
     from anomseg.components import image_components
 

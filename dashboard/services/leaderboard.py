@@ -153,6 +153,8 @@ class LeaderboardService:
                 except InputError:  # deleted since the table was drawn
                     continue
                 diff = protocol.differences(mine, (o.params or {}).get("protocol"))
+                if o.model_id != res.model_id:  # other weights are what a model row compares
+                    diff = [d for d in diff if not d.startswith("checkpoint_sha256:")]
                 if diff:
                     lines.append(f"{o.model.name} · {o.method}: " + "; ".join(diff))
         return lines
