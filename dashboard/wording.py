@@ -55,6 +55,7 @@ def job_label(st) -> str:
 
 
 def worst_caption(image: str, method: str, metric: str, value: float | None) -> str:
-    """Caption of a worst-image thumbnail: which image, under which method, how bad (percent)."""
+    """Caption of a worst-image thumbnail: how bad (percent), under which method, which image;
+    the score first, so a gallery that cuts a long caption cuts the file name, not the score."""
     score = "n/a" if value is None else f"{100 * float(value):.1f}"
-    return f"{image} · {method} · {metric} {score}"
+    return f"{metric} {score} · {method} · {image}"

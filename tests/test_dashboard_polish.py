@@ -166,9 +166,9 @@ def test_worst_image_caption_carries_method_and_score():
     from dashboard.wording import worst_caption
 
     assert worst_caption("img7.png", "MaxEntropy", "AuPRC", 0.1234) == (
-        "img7.png · MaxEntropy · AuPRC 12.3"
+        "AuPRC 12.3 · MaxEntropy · img7.png"
     )
-    assert worst_caption("a.png", "MSP", "sIoU", None) == "a.png · MSP · sIoU n/a"
+    assert worst_caption("a.png", "MSP", "sIoU", None) == "sIoU n/a · MSP · a.png"
 
 
 @pytest.mark.realdata
