@@ -37,7 +37,7 @@ ACTIVATION = [
 HEAD_KINDS = [
     ("stats-only (4 uncertainty statistics)", "stats"),
     ("feature-enriched (+ backbone features: EoMT patches, ERFNet encoder)", "features"),
-    ("outlier exposure (fine-tunes ERFNet's last decoder stage on the pastes)", "oe"),
+    ("outlier exposure (fine-tunes ERFNet's decoder on the pastes, read by energy)", "oe"),
 ]
 RECIPE_CHOICES = [(f"{name}: {RECIPES.get(name).description}", name) for name in RECIPES.names()]
 GEOMETRY_CHOICES = [

@@ -117,3 +117,21 @@ def test_recipe_budget_runs_the_oe_recipe_and_refuses_bad_options_before_writing
     err = capsys.readouterr().err
     assert rc == 2 and "energy_weight" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_oe_defaults_are_the_recipe_setting_so_retrain_trains_what_won():
+    """The Retrain tab and ``anomseg train --head oe`` build OEConfig from its defaults (plus the
+    head's epochs / lr); the recipe records its setting in OE_RECIPE: the two must not drift."""
+    from dataclasses import fields
+
+    from training.config import TrainConfig
+    from training.real_recipe import OE_RECIPE
+
+    default = OEConfig()
+    for key, value in OE_RECIPE.items():
+        got = getattr(default, key)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
+    assert set(OE_RECIPE) <= {f.name for f in fields(OEConfig)}
+    retrain = OEConfig.from_train_config(TrainConfig(head="oe"))
+    assert (retrain.stage, retrain.crop, retrain.score) == ("decoder", (128, 256), "energy")
+    assert retrain.energy_weight == OE_RECIPE["energy_weight"]

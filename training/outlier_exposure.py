@@ -53,15 +53,18 @@ Progress = Callable[[float, str], None]
 class OEConfig:
     """Hyper-parameters of one outlier-exposure fine-tuning (recorded on the HeadVersion)."""
 
-    stage: str = "last"
-    score: str = "entropy"
-    epochs: int = 4
+    # The defaults are the setting that beat Energy on RoadAnomaly21 over seeds and paste draws
+    # (README "Real data"): the whole decoder, 128x256 crops, two epochs, the energy-margin term,
+    # read by energy; training.real_recipe.OE_RECIPE records the same (a test keeps them equal).
+    stage: str = "decoder"
+    score: str = "energy"
+    epochs: int = 2
     lr: float = 1e-4
     oe_weight: float = 1.0
     batch_size: int = 4
-    crop: tuple[int, int] = (256, 512)  # at the model input size; multiples of 8
+    crop: tuple[int, int] = (128, 256)  # at the model input size; multiples of 8
     paste_centred: float = 0.8  # share of crops centred on a pasted pixel
-    energy_weight: float = 0.0  # 0 = Meta-OoD's loss alone
+    energy_weight: float = 0.1  # 0 = Meta-OoD's loss alone
     # logsumexp pasted pixels are pushed below; the shared ERFNet's is ~8.1 (median) on normal
     # CamVid pixels, 5th percentile 4.6, and ~5.0 on large COCO pastes before tuning
     energy_margin: float = 3.0

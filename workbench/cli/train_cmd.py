@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["stats", "features", "oe"],
         default=d.head,
         help="stats-only (4 inputs) or feature-enriched (36 inputs) head, or oe: outlier "
-        "exposure (fine-tunes ERFNet's last decoder stage at a tenth of --lr)",
+        "exposure (fine-tunes ERFNet's whole decoder at a tenth of --lr with the energy-margin "
+        "term, read by energy)",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workspace", help="workspace folder (store, caches, checkpoints)")
