@@ -113,6 +113,10 @@ def _rank_main(
                 "device": str(predictor.device),
             }
             q.put(("result", rows, info))
+        # every rank's sends are through before any rank tears gloo down: a rank that destroyed
+        # its group while a peer's gather was still in flight aborted the peer ("terminate called
+        # without an active exception": seen once in a CI run of this test)
+        dist.barrier()
     except AnomsegError as exc:  # a user error: the parent raises it as one clear message
         q.put(("error", type(exc).__name__, str(exc)))
         raise SystemExit(1) from None  # no traceback from the rank
