@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
 
+from anomseg.atomic import atomic_write
 from anomseg.data.benchmark import natural_key
 from anomseg.errors import AnomsegError, InputError
 from anomseg.imageio import array_sha256, read_image
@@ -128,10 +128,9 @@ class CatalogService:
             return out
         rgb = read_image(path)
         (h, w), _ = render.fit_size(rgb.shape[:2], THUMB_MAX_SIDE)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{threading.get_ident()}.tmp")
-        PILImage.fromarray(render.resize_rgb(rgb, (h, w))).save(tmp, format="JPEG", quality=85)
-        tmp.replace(out)
+        small = PILImage.fromarray(render.resize_rgb(rgb, (h, w)))
+        # a cache: rebuilt when lost, so no fsync
+        atomic_write(out, lambda tmp: small.save(tmp, format="JPEG", quality=85), durable=False)
         return out
 
     def register_upload(self, file_path: str | Path, max_pixels: int | None = None) -> int:
@@ -154,10 +153,8 @@ class CatalogService:
         if dest.resolve().parent.parent != uploads:
             raise InputError("upload path escapes the workspace")
         if not dest.is_file():
-            folder.mkdir(exist_ok=True)
-            tmp = folder / f".{shown}.{threading.get_ident()}.tmp"
-            PILImage.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
-            tmp.replace(dest)
+            pic = PILImage.fromarray(rgb)
+            atomic_write(dest, lambda tmp: pic.save(tmp, format="PNG", compress_level=1))
         file_hash = catalog.sha256_file(dest)
         rel = f"{folder.name}/{shown}"
 
