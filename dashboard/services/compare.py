@@ -39,6 +39,20 @@ class CompareStyle:
     cmap: str = "inferno"
     dataset_id: int | None = None  # the dataset the 95%-TPR threshold is computed on
 
+    def panel(
+        self, vmin: float, vmax: float, threshold: float | None, outline_width: int = 2
+    ) -> render.PanelStyle:
+        """How one panel of this view is drawn, on its own colour range and threshold."""
+        return render.PanelStyle(
+            opacity=self.opacity,
+            vmin=vmin,
+            vmax=vmax,
+            threshold=threshold,
+            cmap=self.cmap,
+            show_gt=self.show_gt,
+            outline_width=outline_width,
+        )
+
 
 @dataclass
 class Panel:
@@ -211,15 +225,7 @@ class CompareService:
                 notes.append(str(exc))
                 thr = None
             met = self.scores.image_metrics(key, amap, view.gt_score)
-            pstyle = render.PanelStyle(
-                opacity=style.opacity,
-                vmin=vmin,
-                vmax=vmax,
-                threshold=thr,
-                cmap=style.cmap,
-                show_gt=style.show_gt,
-                outline_width=1,
-            )
+            pstyle = style.panel(vmin, vmax, thr, outline_width=1)
             img = render.render_panel(rgb_s, self._grid(key, amap, (gh, gw), "map"), pstyle, gt_s)
             panels.append(
                 Panel(
@@ -255,14 +261,7 @@ class CompareService:
             vrange if vrange is not None else self.scores.colour_range(key, amap, view.gt_score)
         )
         thr = self._panel_threshold(model, name, (params or {}).get(name), style, view, vmin, vmax)
-        pstyle = render.PanelStyle(
-            opacity=style.opacity,
-            vmin=vmin,
-            vmax=vmax,
-            threshold=thr,
-            cmap=style.cmap,
-            show_gt=style.show_gt,
-        )
+        pstyle = style.panel(vmin, vmax, thr)
         big = self._grid(key, amap, view.rgb.shape[:2], "map")
         return render.render_panel(view.rgb, big, pstyle, view.gt)
 
